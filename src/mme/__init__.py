@@ -1,0 +1,1 @@
+"""mme: linear mixed models by Henderson's mixed-model equations and AI-REML."""
