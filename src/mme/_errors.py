@@ -1,0 +1,33 @@
+"""Typed errors and warnings of mme. Each message names the column, id or row at fault."""
+
+
+class MMEError(Exception):
+    """Base class of every error raised by mme."""
+
+
+class FormulaError(MMEError, ValueError):
+    """The model formula cannot be parsed or refers to something that is not there."""
+
+
+class DataError(MMEError, ValueError):
+    """The data cannot be used as given (wrong type, empty, a single level, ...)."""
+
+
+class PedigreeError(DataError):
+    """A pedigree fault: duplicated ids, cycles, sex conflicts, unknown animals."""
+
+
+class NotPositiveDefiniteError(MMEError, ArithmeticError):
+    """A matrix that must be positive definite is not (the MME, G, a relationship matrix)."""
+
+
+class ConvergenceWarning(UserWarning):
+    """The REML iterations stopped before meeting the convergence criteria."""
+
+
+class SingularFitWarning(UserWarning):
+    """A variance component is estimated at the boundary (zero), as lme4's isSingular."""
+
+
+class DroppedRowsWarning(UserWarning):
+    """Rows with missing values in the model's columns were dropped."""

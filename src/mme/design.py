@@ -1,0 +1,297 @@
+"""Design matrices: the response y, the sparse fixed-effects matrix X and one sparse
+Z block per random term, from a parsed formula and a DataFrame.
+
+X comes from formulaic (R's rules for contrasts, interactions and full-rank
+coding), with columns renamed the way R prints them (``K2O_lbac54``). Columns of X
+that are linear combinations of earlier ones are dropped and reported, as R's
+``lm`` reports aliased coefficients.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from formulaic import Formula
+
+from ._errors import DataError, DroppedRowsWarning, FormulaError
+from .formula import ModelFormula, RandomTerm
+
+#: A column of X is aliased when the squared norm of its residual on the kept
+#: columns before it is below ALIAS_TOL × its squared norm. R's lm uses 1e-7 on the
+#: QR diagonal of X; working on X'X squares the condition number, hence 1e-10 here.
+ALIAS_TOL = 1e-10
+
+
+@dataclass(frozen=True)
+class RandomBlock:
+    """One random term: Z (n × d·L, term-major columns) and its relationship.
+
+    The covariance of its effects is G₀ ⊗ K with G₀ (d × d) estimated and K the
+    known relationship among the L levels (identity unless given); only K⁻¹ is used.
+    """
+
+    group: str
+    terms: tuple            # d column names of the term's model matrix
+    levels: pd.Index        # L level labels
+    Z: sp.csc_matrix        # n × (d·L)
+    Kinv: sp.csc_matrix     # L × L, symmetric, full (both triangles)
+    logdet_K: float         # log|K| (0 for identity)
+
+    @property
+    def d(self) -> int:
+        return len(self.terms)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def q(self) -> int:
+        return self.d * self.n_levels
+
+
+@dataclass(frozen=True)
+class Design:
+    """Everything numeric that the MME need, plus the names to report results."""
+
+    y: np.ndarray
+    X: sp.csc_matrix
+    fixed_names: tuple
+    aliased: tuple
+    blocks: tuple
+    fixed_spec: object = field(repr=False)   # formulaic ModelSpec, for new data
+    data: pd.DataFrame = field(repr=False)   # the rows used (after dropping NA)
+    n_dropped: int = 0
+
+    @property
+    def n(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def p(self) -> int:
+        return self.X.shape[1]
+
+
+def r_name(name: str) -> str:
+    """formulaic column name → R's: ``a[T.b]:c[d]`` → ``ab:cd``, Intercept → (Intercept)."""
+    if name == "Intercept":
+        return "(Intercept)"
+    return re.sub(r"\[(?:T\.)?(.*?)\]", r"\1", name)
+
+
+def _fixed_variables(fixed: str) -> set:
+    try:
+        return set(Formula(fixed).required_variables)
+    except Exception as exc:  # formulaic raises several parser error types
+        raise FormulaError(f"cannot parse the fixed part {fixed!r}: {exc}") from exc
+
+
+def _term_variables(expr: str) -> set:
+    return _fixed_variables(expr)
+
+
+def used_columns(mf: ModelFormula) -> list:
+    """Every data column the formula needs, in a stable order."""
+    cols = [mf.response]
+    cols += sorted(_fixed_variables(mf.fixed))
+    for t in mf.random:
+        cols += sorted(_term_variables(t.expr))
+        cols += list(t.factors)
+    seen, out = set(), []
+    for c in cols:
+        if c not in seen:
+            seen.add(c)
+            out.append(c)
+    return out
+
+
+def _check_columns(mf: ModelFormula, data: pd.DataFrame, relmat: dict) -> list:
+    cols = used_columns(mf)
+    missing = [c for c in cols if c not in data.columns]
+    if missing:
+        raise FormulaError(
+            f"column(s) {missing} used in the formula are not in the data "
+            f"(columns are: {list(data.columns)[:20]})")
+    return cols
+
+
+def _drop_missing(data: pd.DataFrame, cols: list) -> tuple:
+    sub = data[cols]
+    keep = ~sub.isna().any(axis=1).to_numpy()
+    n_drop = int((~keep).sum())
+    if n_drop:
+        per_col = {c: int(sub[c].isna().sum()) for c in cols if sub[c].isna().any()}
+        warnings.warn(
+            f"{n_drop} of {len(data)} rows dropped for missing values in {per_col}",
+            DroppedRowsWarning, stacklevel=4)
+    out = data.loc[keep]
+    if len(out) == 0:
+        raise DataError(
+            f"no rows left after dropping {n_drop} rows with missing values in {cols}")
+    return out, n_drop
+
+
+def _response(data: pd.DataFrame, name: str) -> np.ndarray:
+    col = data[name]
+    if col.dtype == bool or not pd.api.types.is_numeric_dtype(col):
+        raise DataError(f"response column {name!r} must be numeric, it is {col.dtype}")
+    y = col.to_numpy(dtype=float)
+    if not np.all(np.isfinite(y)):
+        bad = np.flatnonzero(~np.isfinite(y))[:5]
+        raise DataError(f"response column {name!r} has non-finite values at rows {bad.tolist()}")
+    return y
+
+
+def _alias_check(X: sp.csc_matrix) -> np.ndarray:
+    """Keep-mask of X's columns: a column is aliased when it lies in the span of the
+    kept columns before it (R's lm keeps the first of a collinear set).
+
+    Works on the small dense p × p cross-product X'X by an in-order Cholesky.
+    """
+    p = X.shape[1]
+    XtX = (X.T @ X).toarray()  # dense-ok: p × p
+    scale = np.sqrt(np.maximum(np.diag(XtX), 0.0))
+    keep = np.zeros(p, dtype=bool)
+    Lk = np.zeros((p, p))
+    kept = []
+    for j in range(p):
+        if scale[j] == 0.0:
+            continue
+        if kept:
+            Lsub = Lk[np.ix_(kept, kept)]
+            b = np.linalg.solve(Lsub, XtX[kept, j] / (scale[kept] * scale[j]))
+            resid = 1.0 - b @ b
+        else:
+            b = np.zeros(0)
+            resid = 1.0
+        if resid > ALIAS_TOL:
+            keep[j] = True
+            Lk[j, kept] = b
+            Lk[j, j] = np.sqrt(resid)
+            kept.append(j)
+    return keep
+
+
+def _fixed_matrix(mf: ModelFormula, data: pd.DataFrame) -> tuple:
+    try:
+        mm = Formula(mf.fixed).get_model_matrix(data, output="sparse", na_action="raise")
+    except Exception as exc:
+        raise FormulaError(f"cannot build the fixed-effects matrix for {mf.fixed!r}: {exc}") from exc
+    X = sp.csc_matrix(mm, dtype=float)
+    names = [r_name(c) for c in mm.model_spec.column_names]
+    keep = _alias_check(X) if X.shape[1] else np.zeros(0, dtype=bool)
+    aliased = tuple(n for n, k in zip(names, keep) if not k)
+    if aliased:
+        warnings.warn(f"fixed-effect columns not estimable (aliased), dropped: {list(aliased)}",
+                      UserWarning, stacklevel=4)
+    X = X[:, np.flatnonzero(keep)].tocsc()
+    return X, tuple(n for n, k in zip(names, keep) if k), aliased, mm.model_spec
+
+
+def _levels_of(col: pd.Series) -> list:
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        present = set(col.unique())
+        return [c for c in col.cat.categories if c in present]
+    return sorted(col.unique())
+
+
+def group_codes(data: pd.DataFrame, factors: tuple) -> tuple:
+    """Integer codes and level labels of a (possibly interacted) grouping factor.
+
+    Levels are ordered as R orders ``factor(a:b)``: by the first factor's levels,
+    then the second's; labels are joined by ``":"``.
+    """
+    codes_list, labels_list = [], []
+    for f in factors:
+        lv = _levels_of(data[f])
+        idx = pd.Index(lv)
+        codes_list.append(idx.get_indexer(data[f]))
+        labels_list.append([str(v) for v in lv])
+    if len(factors) == 1:
+        return codes_list[0].astype(np.int64), pd.Index(labels_list[0], dtype=object)
+    sizes = [len(l) for l in labels_list]
+    combined = np.ravel_multi_index(codes_list, sizes)
+    used, codes = np.unique(combined, return_inverse=True)
+    parts = np.unravel_index(used, sizes)
+    labels = [":".join(labels_list[k][parts[k][i]] for k in range(len(factors)))
+              for i in range(len(used))]
+    return codes.astype(np.int64), pd.Index(labels, dtype=object)
+
+
+def _relmat_parts(rel, group: str) -> tuple:
+    """(levels, Kinv csc, logdet K) from a Pedigree-like object or a (levels, Kinv) pair."""
+    if hasattr(rel, "ainverse"):
+        Kinv = sp.csc_matrix(rel.ainverse())
+        return pd.Index([str(i) for i in rel.ids], dtype=object), Kinv, float(rel.logdet_a())
+    if isinstance(rel, tuple) and len(rel) in (2, 3):
+        levels = pd.Index([str(i) for i in rel[0]], dtype=object)
+        Kinv = sp.csc_matrix(rel[1], dtype=float)
+        if Kinv.shape != (len(levels), len(levels)):
+            raise DataError(f"relmat for {group!r}: K⁻¹ is {Kinv.shape}, expected "
+                            f"{len(levels)} × {len(levels)} levels")
+        if len(rel) == 3:
+            logdet = float(rel[2])
+        else:
+            from sksparse.cholmod import cholesky
+            logdet = -float(cholesky(sp.tril(Kinv).tocsc()).logdet())
+        return levels, Kinv, logdet
+    raise DataError(f"relmat for {group!r} must be an mme.Pedigree or a (levels, Kinv) pair")
+
+
+def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict) -> RandomBlock:
+    n = len(data)
+    for v in sorted(_term_variables(term.expr)):
+        if not pd.api.types.is_numeric_dtype(data[v]) or data[v].dtype == bool:
+            raise DataError(
+                f"random slope variable {v!r} in ({term.expr} | {term.group}) must be "
+                f"numeric, it is {data[v].dtype}")
+    mm = Formula(term.expr).get_model_matrix(data, output="pandas")
+    T = np.asarray(mm, dtype=float)
+    names = tuple(r_name(c) for c in mm.model_spec.column_names)
+    if T.shape[1] == 0:
+        raise FormulaError(f"random term ({term.expr} | {term.group}) has no columns")
+    if term.group in relmat:
+        if len(term.factors) != 1:
+            raise FormulaError(f"relmat needs a single grouping column, got {term.group!r}")
+        levels, Kinv, logdet = _relmat_parts(relmat[term.group], term.group)
+        codes = levels.get_indexer(data[term.factors[0]].astype(str))
+        if (codes < 0).any():
+            bad = pd.unique(data[term.factors[0]].astype(str)[codes < 0])
+            raise DataError(f"{len(bad)} {term.group!r} value(s) in the data are not in its "
+                            f"relationship matrix / pedigree, e.g. {list(bad[:5])}")
+    else:
+        codes, levels = group_codes(data, term.factors)
+        Kinv = sp.identity(len(levels), format="csc")
+        logdet = 0.0
+    L, d = len(levels), T.shape[1]
+    if L < 2:
+        raise DataError(
+            f"grouping factor {term.group!r} has a single level ({list(levels)}); "
+            "its variance cannot be estimated")
+    rows = np.tile(np.arange(n, dtype=np.int64), d)
+    cols = (np.repeat(np.arange(d, dtype=np.int64), n) * L) + np.tile(codes, d)
+    Z = sp.csc_matrix((T.T.ravel(), (rows, cols)), shape=(n, d * L))
+    Z.eliminate_zeros()
+    return RandomBlock(group=term.group, terms=names, levels=levels, Z=Z,
+                       Kinv=Kinv, logdet_K=logdet)
+
+
+def build_design(mf: ModelFormula, data: pd.DataFrame, relmat: dict | None = None) -> Design:
+    """Stage 2 of a fit: data frame → y, sparse X, sparse Z blocks."""
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    relmat = dict(relmat or {})
+    cols = _check_columns(mf, data, relmat)
+    for g in relmat:
+        if g not in {t.group for t in mf.random}:
+            raise FormulaError(f"relmat given for {g!r}, but the formula has no (… | {g}) term")
+    data, n_drop = _drop_missing(data, cols)
+    y = _response(data, mf.response)
+    X, names, aliased, spec = _fixed_matrix(mf, data)
+    blocks = tuple(_random_block(t, data, relmat) for t in mf.random)
+    return Design(y=y, X=X, fixed_names=names, aliased=aliased, blocks=blocks,
+                  fixed_spec=spec, data=data, n_dropped=n_drop)

@@ -1,0 +1,304 @@
+"""REML / ML log-likelihood, score and average information from the MME, and the
+AI-REML iteration (Gilmour, Thompson & Cullis 1995; Johnson & Thompson 1995).
+
+Parameters θ: the elements of each block's G₀ (see ``covariance``), then σ²ₑ.
+One evaluation at θ costs one numeric factorization of C, one selected inversion
+(``_core.selected_inverse``) and one solve with k right-hand sides (k = len(θ)):
+
+    −2ℓ_REML = (n − p) log 2π + n log σ²ₑ + Σ log|G| + log|C| + y'Py
+    −2ℓ_ML   = n log 2π       + n log σ²ₑ + Σ log|G| + log|C| − log|X'V⁻¹X| + y'Py
+    y'Py     = (y'y − ŝ'W'y) / σ²ₑ,                    ŝ = [β̂; û] = C⁻¹ rhs
+    score_i  = −½ [tr(G⁻¹Gᵢ) − tr(Cᵘᵘ G⁻¹GᵢG⁻¹) − û'G⁻¹GᵢG⁻¹û]     (block params)
+    score_e  = −½ [(n − p − q + tr(Cᵘᵘ G⁻¹)) / σ²ₑ − ê'ê / σ⁴ₑ]
+    AI_ij    = ½ wᵢ'P wⱼ,  wᵢ = Vᵢ P y,  P w = (w − W C⁻¹ W'w / σ²ₑ) / σ²ₑ
+
+For ML, Cᵘᵘ is replaced by T⁻¹ = (Z'R⁻¹Z + G⁻¹)⁻¹ = Cᵘᵘ − Cᵘˣ (Cˣˣ)⁻¹ Cˣᵘ, p by 0,
+and P by V⁻¹ (w'V⁻¹w = w'Pw + β_w'(Cˣˣ)⁻¹β_w), using the p columns F = C⁻¹[:, :p].
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._errors import ConvergenceWarning, NotPositiveDefiniteError
+from .covariance import is_psd
+from .system import MME
+
+log = logging.getLogger("mme")
+
+LOG2PI = np.log(2.0 * np.pi)
+
+
+@dataclass
+class Evaluation:
+    """Everything computed at one θ."""
+
+    theta: np.ndarray
+    m2ll: float
+    solution: np.ndarray
+    resid: np.ndarray
+    S: list
+    Q: list
+    score: np.ndarray = None
+    AI: np.ndarray = None
+    F: np.ndarray = None  # C⁻¹[:, :p]
+
+    @property
+    def loglik(self) -> float:
+        return -0.5 * self.m2ll
+
+
+@dataclass
+class IterationRecord:
+    iteration: int
+    kind: str          # "start", "EM", "AI", "AI/2^k"
+    theta: np.ndarray
+    loglik: float
+    step: float
+    decrement: float
+    seconds: float
+
+
+@dataclass
+class REMLResult:
+    theta: np.ndarray
+    evaluation: Evaluation
+    converged: bool
+    n_iter: int
+    history: list = field(default_factory=list)
+    at_bound: np.ndarray = None
+
+
+class Model:
+    """The MME of one fitted design with a map θ ↔ (G₀ per block, σ²ₑ)."""
+
+    def __init__(self, mme: MME, method: str):
+        self.mme = mme
+        self.method = method.upper()
+        self.sizes = [s.n_params for s in mme.structures]
+        self.k = sum(self.sizes) + 1
+        self.q = mme.dim - mme.p
+
+    def split(self, theta: np.ndarray) -> tuple:
+        G0s, i = [], 0
+        for s, m in zip(self.mme.structures, self.sizes):
+            G0s.append(s.G0(theta[i:i + m]))
+            i += m
+        return G0s, float(theta[-1])
+
+    def variance_index(self) -> np.ndarray:
+        """Mask of θ entries that are variances (diagonal of G₀, and σ²ₑ)."""
+        out = []
+        for s in self.mme.structures:
+            out += [a == b for a, b in s.pairs]
+        return np.array(out + [True])
+
+    def feasible(self, theta: np.ndarray) -> bool:
+        G0s, s2e = self.split(theta)
+        return s2e > 0 and all(is_psd(G, 1e-12) for G in G0s)
+
+    # ---------------------------------------------------------------------
+    def evaluate(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
+        mme, ml = self.mme, self.method == "ML"
+        G0s, s2e = self.split(theta)
+        mme.set_values(G0s, s2e)
+        mme.factorize()
+        n, p = mme.n, mme.p
+        rhs = mme.rhs(s2e)
+        sol = mme.solve(rhs)
+        resid = mme.y - mme.W @ sol
+        yPy = (mme.yty - sol @ mme.Wty) / s2e
+        logdet_G = sum(s.logdet_G(G) for s, G in zip(mme.structures, G0s))
+        m2ll = n * np.log(s2e) + logdet_G + mme.logdet() + yPy
+        F = None
+        if ml and p > 0:
+            F = self._fixed_columns()
+            Cxx = F[:p]
+            m2ll += n * LOG2PI + np.linalg.slogdet(Cxx)[1]
+        else:
+            m2ll += (n - p) * LOG2PI
+        ev = Evaluation(theta=np.array(theta, float), m2ll=float(m2ll), solution=sol,
+                        resid=resid, S=[], Q=[], F=F)
+        if not derivatives or not mme.structures:
+            if not mme.structures:
+                ev.score, ev.AI = self._residual_only(ev, s2e)
+            return ev
+        self._traces(ev, G0s, s2e)
+        ev.score, ev.AI = self._score_ai(ev, G0s, s2e)
+        return ev
+
+    def _fixed_columns(self) -> np.ndarray:
+        mme = self.mme
+        E = np.zeros((mme.dim, mme.p))
+        E[np.arange(mme.p), np.arange(mme.p)] = 1.0
+        return mme.solve(E)
+
+    def _traces(self, ev: Evaluation, G0s: list, s2e: float) -> None:
+        mme = self.mme
+        rows = np.concatenate([s.rows for s in mme.structures])
+        cols = np.concatenate([s.cols for s in mme.structures])
+        cinv = mme.selected_inverse(rows, cols)
+        if self.method == "ML" and mme.p > 0:
+            F = ev.F
+            Cxx_inv = np.linalg.inv(F[:mme.p])
+            cinv = cinv - np.einsum("ij,jk,ik->i", F[rows], Cxx_inv, F[cols])
+        i = 0
+        for s in mme.structures:
+            m = s.rows.shape[0]
+            ev.S.append(s.S(cinv[i:i + m]))
+            ev.Q.append(s.Q(ev.solution[s.offset:s.offset + s.block.q]))
+            i += m
+
+    def _score_ai(self, ev: Evaluation, G0s: list, s2e: float) -> tuple:
+        mme, ml = self.mme, self.method == "ML"
+        n, p = mme.n, (0 if ml else mme.p)
+        score, wv = [], []
+        tr_CGinv = 0.0
+        for s, G0, S, Q in zip(mme.structures, G0s, ev.S, ev.Q):
+            G0inv = np.linalg.inv(G0)
+            tr_CGinv += float(np.sum(G0inv * S))
+            for i in range(s.n_params):
+                E = s.E(i)
+                M = G0inv @ E @ G0inv
+                score.append(-0.5 * (s.L * np.trace(G0inv @ E) - np.sum(M * (S + Q))))
+            u = ev.solution[s.offset:s.offset + s.block.q]
+            wv += s.working_variates(u, G0inv)
+        ee = float(ev.resid @ ev.resid)
+        score.append(-0.5 * ((n - p - self.q + tr_CGinv) / s2e - ee / s2e ** 2))
+        wv.append(ev.resid / s2e)
+        ev.tr_CGinv = tr_CGinv
+        return np.array(score), self._ai(np.column_stack(wv), s2e, ev)
+
+    def _ai(self, Wv: np.ndarray, s2e: float, ev: Evaluation) -> np.ndarray:
+        mme = self.mme
+        B = (mme.W.T @ Wv) / s2e
+        sol = mme.solve(B)
+        AI = 0.5 * ((Wv.T @ Wv) / s2e - B.T @ sol)
+        if self.method == "ML" and mme.p > 0:
+            bw = sol[:mme.p]
+            AI += 0.5 * bw.T @ np.linalg.solve(ev.F[:mme.p], bw)
+        return 0.5 * (AI + AI.T)
+
+    def _residual_only(self, ev: Evaluation, s2e: float) -> tuple:
+        n = self.mme.n
+        p = 0 if self.method == "ML" else self.mme.p
+        ee = float(ev.resid @ ev.resid)
+        score = np.array([-0.5 * ((n - p) / s2e - ee / s2e ** 2)])
+        AI = np.array([[0.5 * ee / s2e ** 3]])
+        ev.tr_CGinv = 0.0
+        return score, AI
+
+    def em_step(self, ev: Evaluation) -> np.ndarray:
+        """One EM-REML (or EM-ML) update: G₀ ← (Q + S)/L; σ²ₑ ← E[e'e | y]/n."""
+        mme = self.mme
+        G0s, s2e = self.split(ev.theta)
+        out = []
+        for s, S, Q in zip(mme.structures, ev.S, ev.Q):
+            out.append(s.theta_of((Q + S) / s.L))
+        p = 0 if self.method == "ML" else mme.p
+        ee = float(ev.resid @ ev.resid)
+        s2e_new = (ee + s2e * (p + self.q - ev.tr_CGinv)) / mme.n
+        return np.concatenate(out + [np.array([s2e_new])])
+
+
+def starting_values(model: Model) -> np.ndarray:
+    """σ²ₑ and each G₀'s diagonal share the residual variance of an OLS fit."""
+    mme = model.mme
+    X, y = mme.design.X, mme.y
+    if X.shape[1]:
+        XtX = (X.T @ X).toarray()  # dense-ok: p × p
+        b = np.linalg.solve(XtX, X.T @ y)
+        r = y - X @ b
+    else:
+        r = y
+    v = max(float(r @ r) / max(len(y) - X.shape[1], 1), 1e-8 * max(float(y @ y) / len(y), 1e-300))
+    nb = len(mme.structures)
+    theta = []
+    for s in mme.structures:
+        Zcol_ms = np.array([
+            float(np.mean(np.asarray(s.block.Z[:, a * s.L:(a + 1) * s.L].sum(axis=1)).ravel() ** 2))
+            for a in range(s.d)])
+        G0 = np.diag(0.5 * v / nb / np.maximum(Zcol_ms, 1e-12))
+        theta.append(s.theta_of(G0))
+    return np.concatenate(theta + [np.array([0.5 * v if nb else v])])
+
+
+def fit_variances(model: Model, theta0: np.ndarray | None = None, max_iter: int = 200,
+                  n_em: int = 2, tol_ll: float = 1e-9, tol_decrement: float = 1e-9,
+                  verbose: bool = False) -> REMLResult:
+    """AI-REML (or AI-ML) from ``theta0``: EM steps first, AI steps with step-halving,
+    EM as a fallback; variances kept ≥ a small bound, G₀ kept positive definite.
+
+    Converged when both the change in log-likelihood and the Newton decrement
+    score'·AI⁻¹·score fall below their tolerances.
+    """
+    theta = starting_values(model) if theta0 is None else np.asarray(theta0, float)
+    t0 = time.perf_counter()
+    ev = model.evaluate(theta)
+    history = [IterationRecord(0, "start", theta.copy(), ev.loglik, 0.0, np.nan,
+                               time.perf_counter() - t0)]
+    var_mask = model.variance_index()
+    converged = False
+    at_bound = np.zeros(model.k, dtype=bool)
+    it = 0
+    for it in range(1, max_iter + 1):
+        t1 = time.perf_counter()
+        scale = np.abs(theta).max()
+        lb = 1e-10 * scale
+        if it <= n_em:
+            new = model.em_step(ev)
+            kind, step = "EM", 1.0
+            ev_new = model.evaluate(new)
+            decrement = np.nan
+        else:
+            free = ~(at_bound & (ev.score < 0))
+            delta = np.zeros(model.k)
+            try:
+                delta[free] = np.linalg.solve(ev.AI[np.ix_(free, free)], ev.score[free])
+            except np.linalg.LinAlgError:
+                delta[free] = np.linalg.lstsq(ev.AI[np.ix_(free, free)], ev.score[free], rcond=None)[0]
+            decrement = float(ev.score[free] @ delta[free])
+            step, ev_new, kind = 1.0, None, "AI"
+            for h in range(12):
+                trial = theta + step * delta
+                low = var_mask & (trial < lb)
+                trial[low] = lb
+                if model.feasible(trial):
+                    try:
+                        cand = model.evaluate(trial)
+                    except NotPositiveDefiniteError:
+                        cand = None
+                    if cand is not None and cand.loglik >= ev.loglik - 1e-10 * abs(ev.loglik):
+                        ev_new, new = cand, trial
+                        at_bound = low
+                        break
+                step *= 0.5
+                kind = f"AI/2^{h + 1}"
+            if ev_new is None:
+                new = model.em_step(ev)
+                ev_new, kind, step = model.evaluate(new), "EM (fallback)", 1.0
+        change = ev_new.loglik - ev.loglik
+        theta, ev = ev_new.theta, ev_new
+        rec = IterationRecord(it, kind, theta.copy(), ev.loglik, step, decrement,
+                              time.perf_counter() - t1)
+        history.append(rec)
+        log.info("iter %d %s loglik=%.10g step=%.3g decrement=%.3g theta=%s (%.3fs)",
+                 it, kind, ev.loglik, step, decrement, np.array2string(theta, precision=6),
+                 rec.seconds)
+        if verbose:
+            print(f"iter {it:3d} {kind:14s} loglik {ev.loglik:.10f} step {step:.3g} "
+                  f"theta {np.array2string(theta, precision=6)} ({rec.seconds:.3f}s)")
+        if it > n_em and abs(change) < tol_ll * max(1.0, abs(ev.loglik)) \
+                and decrement < tol_decrement * max(1.0, abs(ev.loglik)):
+            converged = True
+            break
+    if not converged:
+        warnings.warn(f"REML did not converge in {max_iter} iterations; "
+                      f"last log-likelihood change {change:.3g}", ConvergenceWarning, stacklevel=3)
+    lb = 1e-8 * np.abs(theta).max()
+    return REMLResult(theta=theta, evaluation=ev, converged=converged, n_iter=it,
+                      history=history, at_bound=var_mask & (theta <= lb))
