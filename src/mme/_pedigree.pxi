@@ -1,2 +1,399 @@
 # Pedigree kernels (inbreeding by Meuwissen & Luo 1992, A^-1 by Henderson's rules
 # with Quaas' correction), included into _core.pyx. Array-only, nogil loops.
+#
+# Conventions shared by every kernel below: animals are numbered 0..n-1,
+# ``sire[i]`` and ``dam[i]`` are the internal indices of the parents of animal
+# i, -1 when unknown. Except for ``topological_generations`` (which sorts), the
+# kernels require parents to be numbered before their offspring
+# (sire[i] < i and dam[i] < i); this is checked, O(n), before the loops run.
+
+from libc.math cimport log
+
+
+cdef Py_ssize_t _first_unordered(const int64_t[::1] sire,
+                                 const int64_t[::1] dam) noexcept nogil:
+    """First animal whose parent is not numbered before it (or out of range); -1 if none."""
+    cdef Py_ssize_t i, n = sire.shape[0]
+    for i in range(n):
+        if sire[i] >= i or dam[i] >= i or sire[i] < -1 or dam[i] < -1:
+            return i
+    return -1
+
+
+cdef int _check_pedigree(const int64_t[::1] sire, const int64_t[::1] dam) except -1:
+    cdef Py_ssize_t bad
+    if dam.shape[0] != sire.shape[0]:
+        raise ValueError("sire and dam must have the same length")
+    with nogil:
+        bad = _first_unordered(sire, dam)
+    if bad >= 0:
+        raise ValueError(
+            f"animal {bad}: parents ({sire[bad]}, {dam[bad]}) are not numbered before it "
+            "(the kernels need parents before offspring, -1 for unknown)")
+    return 0
+
+
+def inbreeding(const int64_t[::1] sire, const int64_t[::1] dam, double[::1] F_out):
+    """Inbreeding coefficients by Meuwissen & Luo (1992).
+
+    Parameters
+    ----------
+    sire, dam : (n,) int64, parents before offspring, -1 unknown.
+    F_out : (n,) output, F_out[i] = inbreeding coefficient of animal i.
+
+    Notes
+    -----
+    For each animal i the row i of T in A = T D T' is traced through the
+    ancestors of i, each ancestor after all its descendants among them, with
+    L[i] = 1 and L[s] += L[j]/2, L[d] += L[j]/2 when ancestor j is processed,
+    and 1 + F_i = sum_j L[j]^2 d_j, where d_j = 1/2 - (F_s + F_d)/4 is the
+    Mendelian-sampling variance factor (F of an unknown parent taken as -1, so
+    3/4 - F/4 with one known parent and 1 for founders). An animal with an
+    unknown parent has F = 0; consecutive full sibs share F (ML92).
+
+    ML92 processes the ancestors in decreasing order of their number; any
+    order that puts descendants first is as good, so the ancestor list here
+    is bucketed by generation number (0 for founders, 1 + the larger
+    generation of the parents; an ancestor's generation is smaller than its
+    descendants'), an O(1) push and pop instead of a sorted list or a heap.
+    Work is O(sum over animals of #ancestors + #generations), memory O(n).
+    """
+    cdef Py_ssize_t n = sire.shape[0]
+    _check_pedigree(sire, dam)
+    if F_out.shape[0] != n:
+        raise ValueError("F_out must have length n")
+    L_arr = np.zeros(n, dtype=np.float64)
+    D_arr = np.empty(n, dtype=np.float64)
+    G_arr = np.empty(n, dtype=np.int64)
+    N_arr = np.empty(n, dtype=np.int64)
+    cdef double[::1] L = L_arr
+    cdef double[::1] D = D_arr
+    cdef int64_t[::1] gen = G_arr
+    cdef int64_t[::1] nxt = N_arr
+    cdef Py_ssize_t i, size
+    cdef int64_t s, d, j, ks, kd, g, cur, maxgen = 0
+    cdef double fs, fd, fi, lj
+    with nogil:
+        for i in range(n):
+            g = 0
+            s = sire[i]
+            d = dam[i]
+            if s >= 0 and gen[s] + 1 > g:
+                g = gen[s] + 1
+            if d >= 0 and gen[d] + 1 > g:
+                g = gen[d] + 1
+            gen[i] = g
+            if g > maxgen:
+                maxgen = g
+    H_arr = np.full(maxgen + 1, -1, dtype=np.int64)
+    cdef int64_t[::1] head = H_arr
+    with nogil:
+        for i in range(n):
+            s = sire[i]
+            d = dam[i]
+            fs = F_out[s] if s >= 0 else -1.0
+            fd = F_out[d] if d >= 0 else -1.0
+            D[i] = 0.5 - 0.25 * (fs + fd)
+            if s < 0 or d < 0:
+                F_out[i] = 0.0
+                continue
+            if i > 0 and s == sire[i - 1] and d == dam[i - 1]:
+                F_out[i] = F_out[i - 1]
+                continue
+            fi = -1.0
+            L[i] = 1.0
+            j = i
+            cur = gen[i] - 1
+            size = 0
+            while True:
+                lj = L[j]
+                ks = sire[j]
+                kd = dam[j]
+                if ks >= 0:
+                    if L[ks] == 0.0:
+                        nxt[ks] = head[gen[ks]]
+                        head[gen[ks]] = ks
+                        size = size + 1
+                    L[ks] += 0.5 * lj
+                if kd >= 0:
+                    if L[kd] == 0.0:
+                        nxt[kd] = head[gen[kd]]
+                        head[gen[kd]] = kd
+                        size = size + 1
+                    L[kd] += 0.5 * lj
+                fi += lj * lj * D[j]
+                L[j] = 0.0
+                if size == 0:
+                    break
+                while head[cur] < 0:
+                    cur = cur - 1
+                j = head[cur]
+                head[cur] = nxt[j]
+                size = size - 1
+            F_out[i] = fi
+
+
+def mendelian_variances(const int64_t[::1] sire, const int64_t[::1] dam,
+                        const double[::1] F, double[::1] d_out):
+    """Mendelian-sampling variance factors d_i and log|A| = sum_i log d_i.
+
+    d_i = 1/2 - (F_s + F_d)/4 with both parents known, 3/4 - F_p/4 with one,
+    1 for a founder; A = T D T' with D = diag(d) and T unit lower triangular,
+    so log|A| = sum log d_i. Returns log|A|.
+    """
+    cdef Py_ssize_t n = sire.shape[0]
+    _check_pedigree(sire, dam)
+    if F.shape[0] != n or d_out.shape[0] != n:
+        raise ValueError("F and d_out must have length n")
+    cdef Py_ssize_t i
+    cdef int64_t s, d
+    cdef double fs, fd, di
+    cdef double logdet = 0.0
+    cdef Py_ssize_t bad = -1
+    with nogil:
+        for i in range(n):
+            s = sire[i]
+            d = dam[i]
+            fs = F[s] if s >= 0 else -1.0
+            fd = F[d] if d >= 0 else -1.0
+            di = 0.5 - 0.25 * (fs + fd)
+            if not di > 0.0:
+                bad = i
+                break
+            d_out[i] = di
+            logdet += log(di)
+    if bad >= 0:
+        raise ValueError(f"animal {bad}: Mendelian-sampling variance is not positive "
+                         "(inbreeding of its parents >= 1?)")
+    return logdet
+
+
+def ainverse_triplets(const int64_t[::1] sire, const int64_t[::1] dam,
+                      const double[::1] dvar, idx_t[::1] rows_out, idx_t[::1] cols_out,
+                      double[::1] vals_out):
+    """COO triplets of A^-1 by Henderson's rules with Quaas' (1976) correction.
+
+    Parameters
+    ----------
+    sire, dam : (n,) int64, parents before offspring, -1 unknown.
+    dvar : (n,) Mendelian-sampling variance factors (``mendelian_variances``).
+    rows_out, cols_out, vals_out : outputs of length >= 9 n.
+
+    Returns
+    -------
+    int
+        Number of triplets written. Both triangles are written; duplicates
+        must be summed (e.g. scipy's COO -> CSC conversion).
+
+    Notes
+    -----
+    With b_i = 1/d_i, animal i adds b_i at (i,i), -b_i/2 at (i,p) and (p,i)
+    for each known parent p, and b_i/4 at (p,q) for each pair of known
+    parents p, q (including p = q).
+    """
+    cdef Py_ssize_t n = sire.shape[0]
+    _check_pedigree(sire, dam)
+    if dvar.shape[0] != n:
+        raise ValueError("dvar must have length n")
+    if rows_out.shape[0] < 9 * n or cols_out.shape[0] < 9 * n or vals_out.shape[0] < 9 * n:
+        raise ValueError("rows_out, cols_out and vals_out need length >= 9 n")
+    cdef Py_ssize_t i, k = 0
+    cdef int64_t s, d
+    cdef double b, h, q
+    with nogil:
+        for i in range(n):
+            s = sire[i]
+            d = dam[i]
+            b = 1.0 / dvar[i]
+            h = -0.5 * b
+            q = 0.25 * b
+            rows_out[k] = <idx_t>i
+            cols_out[k] = <idx_t>i
+            vals_out[k] = b
+            k = k + 1
+            if s >= 0:
+                rows_out[k] = <idx_t>i
+                cols_out[k] = <idx_t>s
+                vals_out[k] = h
+                rows_out[k + 1] = <idx_t>s
+                cols_out[k + 1] = <idx_t>i
+                vals_out[k + 1] = h
+                rows_out[k + 2] = <idx_t>s
+                cols_out[k + 2] = <idx_t>s
+                vals_out[k + 2] = q
+                k = k + 3
+            if d >= 0:
+                rows_out[k] = <idx_t>i
+                cols_out[k] = <idx_t>d
+                vals_out[k] = h
+                rows_out[k + 1] = <idx_t>d
+                cols_out[k + 1] = <idx_t>i
+                vals_out[k + 1] = h
+                rows_out[k + 2] = <idx_t>d
+                cols_out[k + 2] = <idx_t>d
+                vals_out[k + 2] = q
+                k = k + 3
+            if s >= 0 and d >= 0:
+                rows_out[k] = <idx_t>s
+                cols_out[k] = <idx_t>d
+                vals_out[k] = q
+                rows_out[k + 1] = <idx_t>d
+                cols_out[k + 1] = <idx_t>s
+                vals_out[k + 1] = q
+                k = k + 2
+    return k
+
+
+def topological_generations(const int64_t[::1] sire, const int64_t[::1] dam,
+                            int64_t[::1] gen_out):
+    """Generation numbers by Kahn's algorithm, parents in any order; O(n).
+
+    Parameters
+    ----------
+    sire, dam : (n,) int64 parent indices in [0, n) or -1, in any order.
+    gen_out : (n,) output: 0 for founders, 1 + max(generation of parents)
+        otherwise; -1 for animals that are on a cycle or descend from one.
+
+    Returns
+    -------
+    int
+        Number of animals that were ordered (n when the pedigree is acyclic).
+    """
+    cdef Py_ssize_t n = sire.shape[0]
+    if dam.shape[0] != n or gen_out.shape[0] != n:
+        raise ValueError("sire, dam and gen_out must have the same length")
+    ptr_arr = np.zeros(n + 1, dtype=np.int64)
+    child_arr = np.empty(max(2 * n, 1), dtype=np.int64)
+    indeg_arr = np.zeros(n, dtype=np.int64)
+    queue_arr = np.empty(max(n, 1), dtype=np.int64)
+    cdef int64_t[::1] ptr = ptr_arr
+    cdef int64_t[::1] child = child_arr
+    cdef int64_t[::1] indeg = indeg_arr
+    cdef int64_t[::1] queue = queue_arr
+    cdef Py_ssize_t i, head = 0, tail = 0
+    cdef int64_t s, d, v, c, p, g
+    cdef int bad = 0
+    with nogil:
+        for i in range(n):
+            s = sire[i]
+            d = dam[i]
+            if s < -1 or s >= n or d < -1 or d >= n:
+                bad = 1
+                break
+            if s >= 0:
+                ptr[s + 1] += 1
+                indeg[i] += 1
+            if d >= 0:
+                ptr[d + 1] += 1
+                indeg[i] += 1
+        if not bad:
+            for i in range(n):
+                ptr[i + 1] += ptr[i]
+            # fill children; indeg is reused below, so use queue as a cursor
+            for i in range(n):
+                queue[i] = ptr[i]
+            for i in range(n):
+                s = sire[i]
+                d = dam[i]
+                if s >= 0:
+                    child[queue[s]] = i
+                    queue[s] += 1
+                if d >= 0:
+                    child[queue[d]] = i
+                    queue[d] += 1
+            for i in range(n):
+                gen_out[i] = 0
+                if indeg[i] == 0:
+                    queue[tail] = i
+                    tail = tail + 1
+            while head < tail:
+                v = queue[head]
+                head = head + 1
+                g = gen_out[v] + 1
+                for p in range(ptr[v], ptr[v + 1]):
+                    c = child[p]
+                    if gen_out[c] < g:
+                        gen_out[c] = g
+                    indeg[c] -= 1
+                    if indeg[c] == 0:
+                        queue[tail] = c
+                        tail = tail + 1
+            for i in range(n):
+                if indeg[i] > 0:
+                    gen_out[i] = -1
+    if bad:
+        raise ValueError("parent index out of range")
+    return tail
+
+
+def mark_ancestors(const int64_t[::1] sire, const int64_t[::1] dam,
+                   unsigned char[::1] mask_inout):
+    """Extend a 0/1 mask of animals with all their ancestors, in place; O(n).
+
+    Parents must be numbered before offspring. Returns the number marked.
+    """
+    cdef Py_ssize_t n = sire.shape[0]
+    _check_pedigree(sire, dam)
+    if mask_inout.shape[0] != n:
+        raise ValueError("mask_inout must have length n")
+    cdef Py_ssize_t i, count = 0
+    with nogil:
+        for i in range(n - 1, -1, -1):
+            if mask_inout[i]:
+                count = count + 1
+                if sire[i] >= 0:
+                    mask_inout[sire[i]] = 1
+                if dam[i] >= 0:
+                    mask_inout[dam[i]] = 1
+    return count
+
+
+def a_multiply(const int64_t[::1] sire, const int64_t[::1] dam, const double[::1] dvar,
+               const double[:, ::1] X, double[:, ::1] Y_out):
+    """Y = A X without forming A (Colleau 2002): A = T D T', T^-1 = I - P.
+
+    Parameters
+    ----------
+    sire, dam : (n,) int64, parents before offspring, -1 unknown.
+    dvar : (n,) Mendelian-sampling variance factors.
+    X : (n, k) C-contiguous. Y_out : (n, k) output (may not alias X).
+
+    Notes
+    -----
+    W = T' X by a backward pass (W_p += W_i / 2 for each parent p of i),
+    W <- D W, then Y = T W by a forward pass (Y_i = W_i + (Y_s + Y_d) / 2).
+    O(n k) time, no extra memory.
+    """
+    cdef Py_ssize_t n = sire.shape[0]
+    cdef Py_ssize_t k = X.shape[1]
+    _check_pedigree(sire, dam)
+    if dvar.shape[0] != n or X.shape[0] != n or Y_out.shape[0] != n or Y_out.shape[1] != k:
+        raise ValueError("dvar, X and Y_out must have n rows and X, Y_out the same shape")
+    cdef Py_ssize_t i, c
+    cdef int64_t s, d
+    cdef double di
+    with nogil:
+        for i in range(n):
+            for c in range(k):
+                Y_out[i, c] = X[i, c]
+        for i in range(n - 1, -1, -1):
+            s = sire[i]
+            d = dam[i]
+            if s >= 0:
+                for c in range(k):
+                    Y_out[s, c] += 0.5 * Y_out[i, c]
+            if d >= 0:
+                for c in range(k):
+                    Y_out[d, c] += 0.5 * Y_out[i, c]
+        for i in range(n):
+            s = sire[i]
+            d = dam[i]
+            di = dvar[i]
+            for c in range(k):
+                Y_out[i, c] *= di
+            if s >= 0:
+                for c in range(k):
+                    Y_out[i, c] += 0.5 * Y_out[s, c]
+            if d >= 0:
+                for c in range(k):
+                    Y_out[i, c] += 0.5 * Y_out[d, c]

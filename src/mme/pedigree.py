@@ -1,0 +1,689 @@
+"""Pedigrees: validation, sorting, inbreeding, A^-1 and log|A|.
+
+The numerator relationship matrix A of a pedigree is never formed; its inverse
+is built directly by Henderson's (1976) rules with Quaas' (1976) correction for
+inbreeding, from inbreeding coefficients computed by the algorithm of
+Meuwissen & Luo (1992).
+
+Identifiers
+-----------
+Ids are compared as *strings after normalisation*: integers are written in
+decimal (``1``, ``np.int64(1)``, ``1.0`` and ``"1"`` are the same animal),
+other floats by ``str``, strings are stripped of surrounding white space and
+are otherwise significant (``"01"`` differs from ``"1"``, ``"A"`` from
+``"a"``). ``Pedigree.ids`` holds the normalised strings.
+
+References
+----------
+Henderson, C. R. (1976). A simple method for computing the inverse of a
+numerator relationship matrix used in prediction of breeding values.
+Biometrics 32:69-83.
+
+Quaas, R. L. (1976). Computing the diagonal elements and inverse of a large
+numerator relationship matrix. Biometrics 32:949-953.
+
+Meuwissen, T. H. E. & Luo, Z. (1992). Computing inbreeding coefficients in
+large populations. Genetics Selection Evolution 24:305-313.
+
+Colleau, J.-J. (2002). An indirect approach to the extensive calculation of
+relationship coefficients. Genetics Selection Evolution 34:409-421.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from . import _core
+
+try:  # the shared error hierarchy (mme._errors)
+    from ._errors import PedigreeError
+except ImportError:  # pragma: no cover - standalone fallback
+    class PedigreeError(ValueError):
+        """A pedigree fault: duplicated ids, cycles, sex conflicts, unknown animals."""
+
+
+__all__ = ["Pedigree", "PedigreeError", "normalize_ids"]
+
+#: Default tokens for an unknown parent (``None`` / NaN are always missing).
+DEFAULT_MISSING = ("", "0", "NA", None)
+
+_SHOW = 5  # how many ids an error or warning message names
+
+
+def _show(ids, k=_SHOW) -> str:
+    ids = list(ids)
+    head = ", ".join(repr(str(x)) for x in ids[:k])
+    return head + (f", ... ({len(ids)} in all)" if len(ids) > k else "")
+
+
+def _pederror(msg, ids=()):
+    err = PedigreeError(msg)
+    err.ids = [str(x) for x in ids]
+    return err
+
+
+def _normalize_array(values) -> tuple[np.ndarray, np.ndarray]:
+    """(object array of normalised strings, boolean mask of None/NaN)."""
+    s = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object)
+                                                                if not hasattr(values, "dtype")
+                                                                else values)
+    s = s.reset_index(drop=True)
+    n = len(s)
+    na = s.isna().to_numpy()
+    out = np.empty(n, dtype=object)
+    dt = s.dtype
+    ok = ~na
+    if pd.api.types.is_bool_dtype(dt):
+        raise _pederror("ids must be integers or strings, not booleans")
+    if pd.api.types.is_integer_dtype(dt):
+        out[ok] = s[ok].to_numpy(np.int64).astype(str).astype(object)
+    elif pd.api.types.is_float_dtype(dt):
+        out[ok] = _float_strings(s[ok].to_numpy(np.float64))
+    else:
+        v = s[ok].to_numpy(object)
+        res = _str_fast(v)
+        if res is None:
+            res = _str_slow(v)
+        out[ok] = res
+    return out, na
+
+
+_ASCII_SPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.strip() strips, in ASCII
+_EDGE_SPACE = re.compile(r"(?:^|\x00)[^\S\x00]|[^\S\x00](?:\x00|$)")
+
+
+def _str_fast(v: np.ndarray):
+    """All-str object array without surrounding white space: v itself; else None.
+
+    One C-level join and one regex scan instead of a Python call per element.
+    """
+    try:
+        joined = "\x00".join(v.tolist())
+    except TypeError:  # some element is not a str
+        return None
+    if joined.isascii():  # O(1) in CPython; then a few substring scans suffice
+        for w in _ASCII_SPACE:
+            if (joined.startswith(w) or joined.endswith(w) or ("\x00" + w) in joined
+                    or (w + "\x00") in joined):
+                return None
+    elif _EDGE_SPACE.search(joined):
+        return None
+    return v
+
+
+def _str_slow(v: np.ndarray) -> np.ndarray:
+    conv = np.empty(len(v), dtype=object)
+    for t, x in enumerate(v.tolist()):
+        if isinstance(x, str):
+            conv[t] = x.strip()
+        elif isinstance(x, (bool, np.bool_)):
+            raise _pederror(f"ids must be integers or strings, not booleans ({x!r})")
+        elif isinstance(x, (int, np.integer)):
+            conv[t] = str(int(x))
+        elif isinstance(x, (float, np.floating)):
+            conv[t] = _float_strings(np.array([x], dtype=np.float64))[0]
+        elif isinstance(x, bytes):
+            conv[t] = x.decode().strip()
+        else:
+            conv[t] = str(x).strip()
+    return conv
+
+
+def _float_strings(v: np.ndarray) -> np.ndarray:
+    out = v.astype(str).astype(object)
+    integral = np.isfinite(v) & (v == np.floor(v)) & (np.abs(v) < 2.0**63)
+    out[integral] = v[integral].astype(np.int64).astype(str).astype(object)
+    return out
+
+
+def normalize_ids(values) -> np.ndarray:
+    """Normalise ids to the strings a :class:`Pedigree` compares.
+
+    Parameters
+    ----------
+    values : scalar or array-like of int, float or str.
+
+    Returns
+    -------
+    numpy.ndarray of object (str); None where the input is None/NaN.
+    A scalar input gives a 0-d result's item (a str or None).
+    """
+    if np.ndim(values) == 0 and not isinstance(values, (pd.Series, pd.Index, np.ndarray)):
+        out, na = _normalize_array([values])
+        return None if na[0] else out[0]
+    out, na = _normalize_array(values)
+    out[na] = None
+    return out
+
+
+def _int_strings(a: np.ndarray) -> np.ndarray:
+    out = np.empty(len(a), dtype=object)
+    out[:] = list(map(str, np.asarray(a).tolist()))
+    return out
+
+
+def _keys(values, missing):
+    """Comparable keys of one id column: (keys, missing mask, kind).
+
+    kind "int": int64 keys (the column is integer, or float with integral
+    values), equal exactly when their decimal strings are; kind "str":
+    normalised strings (object array). Missing entries hold arbitrary keys.
+    """
+    s = values if isinstance(values, pd.Series) else pd.Series(
+        values if hasattr(values, "dtype") else np.asarray(values, dtype=object))
+    dt = s.dtype
+    tokens = [str(t).strip() for t in (missing or ()) if t is not None
+              and not (isinstance(t, float) and np.isnan(t))]
+    if not pd.api.types.is_bool_dtype(dt) and (pd.api.types.is_integer_dtype(dt)
+                                               or pd.api.types.is_float_dtype(dt)):
+        na = s.isna().to_numpy()
+        v = s.to_numpy(dtype=np.float64 if pd.api.types.is_float_dtype(dt) else np.int64,
+                       na_value=0)
+        if v.dtype == np.float64:
+            ok = ~na
+            integral = np.isfinite(v) & (v == np.floor(v)) & (np.abs(v) < 2.0**53)
+            if not integral[ok].all():
+                v = None  # genuine non-integral floats: fall back to strings
+            else:
+                v = np.where(ok, v, 0).astype(np.int64)
+        if v is not None:
+            miss = na.copy()
+            for t in tokens:
+                try:
+                    iv = int(t)
+                except ValueError:
+                    continue
+                if str(iv) == t:
+                    miss |= v == iv
+            return v, miss, "int"
+    strings, na = _normalize_array(s)
+    return strings, na, "str"  # missing tokens are matched later, on the codes
+
+
+class Pedigree:
+    """A validated pedigree, parents numbered before offspring.
+
+    Build one with :meth:`from_frame`, :meth:`from_csv` or the constructor
+    ``Pedigree(id, sire, dam)``. The constructor validates the pedigree and
+    raises :class:`PedigreeError` naming the offending ids when
+
+    * an id is missing, or duplicated with different parents (rows that are
+      exact duplicates are dropped with a warning);
+    * an animal is its own parent;
+    * an id is used both as a sire and as a dam;
+    * an animal is its own ancestor (the message shows the cycle).
+
+    Parents without a row of their own are added as founders (listed in
+    :attr:`added_founders`, with a warning). If the rows already list parents
+    before offspring (after the added founders, which come first) their order
+    is kept; otherwise animals are sorted by generation number (0 for
+    founders, 1 + the larger generation of the parents), keeping the input
+    order within a generation. The sort is O(n) (Kahn's algorithm).
+
+    Ids are compared as strings after normalisation; see :func:`normalize_ids`
+    (``1``, ``1.0`` and ``"1"`` are the same animal).
+
+    Parameters
+    ----------
+    id, sire, dam : array-like of the same length
+        Animal ids and the ids of their parents.
+    missing : iterable
+        Tokens meaning "unknown parent", compared with the normalised
+        strings. None and NaN always mean unknown.
+
+    Attributes
+    ----------
+    ids : pandas.Index
+        Normalised ids in internal order (parents before offspring).
+    sire, dam : numpy.ndarray of int64
+        Internal indices of the parents, -1 when unknown (read-only).
+    n : int
+        Number of animals.
+    added_founders : pandas.Index
+        Ids that appeared only as parents and were added as founders.
+
+    Notes
+    -----
+    Inbreeding coefficients are computed by Meuwissen & Luo (1992), A^-1 by
+    Henderson's (1976) rules with Quaas' (1976) correction:
+    A = T D T' with D = diag(d_i), d_i = 1/2 - (F_s + F_d)/4 (3/4 - F_p/4
+    with one known parent, 1 for founders), and A^-1 = T'^-1 D^-1 T^-1.
+
+    References
+    ----------
+    Meuwissen, T. H. E. & Luo, Z. (1992). Genet. Sel. Evol. 24:305-313.
+    Quaas, R. L. (1976). Biometrics 32:949-953.
+    Henderson, C. R. (1976). Biometrics 32:69-83.
+    """
+
+    __slots__ = ("_ids", "_sire", "_dam", "_added", "_F", "_d", "_logdet", "_ainv")
+
+    def __init__(self, id, sire, dam, *, missing: Iterable = DEFAULT_MISSING):
+        cols = [_keys(v, missing) for v in (id, sire, dam)]
+        n0 = len(cols[0][0])
+        if len(cols[1][0]) != n0 or len(cols[2][0]) != n0:
+            raise _pederror(f"id, sire and dam must have the same length "
+                            f"({n0}, {len(cols[1][0])}, {len(cols[2][0])})")
+        if all(kind == "int" for _, _, kind in cols):
+            # integer ids: int64 keys; the ids are their decimal strings
+            (ids_s, id_miss, _), (sire_s, sire_miss, _), (dam_s, dam_miss, _) = cols
+            uniq = None
+        else:
+            # string ids: one hash pass over the three columns, then int codes
+            strs = [_int_strings(k) if kind == "int" else k for k, _, kind in cols]
+            codes, uniq = pd.factorize(np.concatenate(strs), use_na_sentinel=True)
+            uniq = np.asarray(uniq, dtype=object)
+            tokens = [str(t).strip() for t in (missing or ()) if t is not None
+                      and not (isinstance(t, float) and np.isnan(t))]
+            tok = pd.Index(uniq).get_indexer(tokens) if tokens else np.empty(0, np.int64)
+            tok = tok[tok >= 0]
+            codes = codes.astype(np.int64)
+            miss_all = (codes < 0) | np.isin(codes, tok)
+            ids_s, sire_s, dam_s = codes[:n0], codes[n0:2 * n0], codes[2 * n0:]
+            id_miss = miss_all[:n0] | cols[0][1]
+            sire_miss = miss_all[n0:2 * n0] | cols[1][1]
+            dam_miss = miss_all[2 * n0:] | cols[2][1]
+
+        def lab(keys):
+            keys = np.asarray(keys, dtype=np.int64)
+            return _int_strings(keys) if uniq is None else uniq[keys]
+
+        if id_miss.any():
+            rows = np.flatnonzero(id_miss)
+            raise _pederror(f"{len(rows)} row(s) have a missing animal id (rows "
+                            f"{', '.join(map(str, rows[:_SHOW]))}"
+                            f"{', ...' if len(rows) > _SHOW else ''})")
+
+        # --- duplicated ids ---------------------------------------------------
+        idx = pd.Index(ids_s)
+        if not idx.is_unique:
+            frame = pd.DataFrame({"id": ids_s, "sire": sire_s, "dam": dam_s,
+                                  "sm": sire_miss, "dm": dam_miss})
+            frame.loc[sire_miss, "sire"] = ids_s[0]  # placeholders, told apart by sm/dm
+            frame.loc[dam_miss, "dam"] = ids_s[0]
+            exact = frame.duplicated(keep="first").to_numpy()
+            if exact.any():
+                dropped = lab(pd.unique(ids_s[exact]))
+                warnings.warn(f"dropped {int(exact.sum())} exact duplicate pedigree row(s) "
+                              f"of id(s) {_show(dropped)}", UserWarning, stacklevel=3)
+                keep = ~exact
+                ids_s, sire_s, dam_s = ids_s[keep], sire_s[keep], dam_s[keep]
+                sire_miss, dam_miss = sire_miss[keep], dam_miss[keep]
+                idx = pd.Index(ids_s)
+            if not idx.is_unique:
+                bad = lab(pd.unique(ids_s[idx.duplicated(keep=False)]))
+                raise _pederror(f"{len(bad)} id(s) appear in several rows with different "
+                                f"parents: {_show(bad)}", bad)
+        n_rows = len(ids_s)
+
+        # --- parents without rows: founders -------------------------------------
+        s_code = idx.get_indexer(sire_s)
+        d_code = idx.get_indexer(dam_s)
+        s_new = (s_code < 0) & ~sire_miss
+        d_new = (d_code < 0) & ~dam_miss
+        added = ids_s[:0]
+        all_ids = ids_s
+        if s_new.any() or d_new.any():
+            both = np.concatenate([sire_s[s_new], dam_s[d_new]])
+            pos = np.concatenate([np.flatnonzero(s_new), np.flatnonzero(d_new)])
+            added = pd.unique(both[np.argsort(pos, kind="stable")])
+            warnings.warn(f"{len(added)} parent(s) without a pedigree row of their own were "
+                          f"added as founders: {_show(lab(added))}", UserWarning, stacklevel=3)
+            all_ids = np.concatenate([added, ids_s])
+            idx = pd.Index(all_ids)
+            s_code = idx.get_indexer(sire_s)
+            d_code = idx.get_indexer(dam_s)
+        s_code[sire_miss] = -1
+        d_code[dam_miss] = -1
+        n_add = len(added)
+        n = n_add + n_rows
+        sire_c = np.full(n, -1, dtype=np.int64)
+        dam_c = np.full(n, -1, dtype=np.int64)
+        sire_c[n_add:] = s_code
+        dam_c[n_add:] = d_code
+
+        # --- structural faults --------------------------------------------------
+        problems, bad_ids = [], []
+        ar = np.arange(n, dtype=np.int64)
+        own = (sire_c == ar) | (dam_c == ar)
+        if own.any():
+            b = lab(all_ids[own])
+            problems.append(f"{len(b)} animal(s) are their own parent: {_show(b)}")
+            bad_ids.extend(b)
+        is_sire = np.zeros(n, dtype=bool)
+        is_sire[sire_c[sire_c >= 0]] = True
+        is_dam = np.zeros(n, dtype=bool)
+        is_dam[dam_c[dam_c >= 0]] = True
+        sd = np.flatnonzero(is_sire & is_dam)
+        if len(sd):
+            b = lab(all_ids[sd])
+            problems.append(f"{len(b)} id(s) are used both as a sire and as a dam: {_show(b)}")
+            bad_ids.extend(b)
+        gen = np.empty(n, dtype=np.int64)
+        n_sorted = _core.topological_generations(sire_c, dam_c, gen)
+        if n_sorted < n:
+            cycles = _find_cycles(sire_c, dam_c, gen < 0)
+            own_set = set(np.flatnonzero(own).tolist())
+            cycles = [c for c in cycles if not (len(c) == 2 and c[0] in own_set)]
+            if cycles:
+                shown = "; ".join(" -> ".join(repr(str(x)) for x in lab(all_ids[c]))
+                                  for c in cycles[:3])
+                problems.append(
+                    f"{len(cycles)}{'+' if len(cycles) >= 10 else ''} cycle(s): animal(s) "
+                    f"{_show(lab(all_ids[[c[0] for c in cycles]]))} are their own ancestors "
+                    f"(each id is a parent of the next): {shown}")
+                bad_ids.extend(lab(all_ids[[v for c in cycles for v in c[:-1]]]))
+        if problems:
+            raise _pederror("invalid pedigree: " + "; ".join(problems), pd.unique(
+                np.asarray(bad_ids, dtype=object)))
+
+        # --- order: keep the input order if parents already come first ----------
+        if np.all(sire_c < ar) and np.all(dam_c < ar):
+            order = None
+        else:
+            order = np.argsort(gen, kind="stable")
+        if order is not None:
+            inv = np.empty(n, dtype=np.int64)
+            inv[order] = ar
+            s_o = sire_c[order]
+            d_o = dam_c[order]
+            sire_c = np.where(s_o >= 0, inv[np.maximum(s_o, 0)], -1)
+            dam_c = np.where(d_o >= 0, inv[np.maximum(d_o, 0)], -1)
+            all_ids = all_ids[order]
+        all_ids = lab(all_ids)
+        added = lab(added)
+        self._init(pd.Index(all_ids, dtype=object, name="id"), sire_c, dam_c,
+                   pd.Index(added, dtype=object, name="id"))
+
+    def _init(self, ids, sire, dam, added):
+        sire = np.ascontiguousarray(sire, dtype=np.int64)
+        dam = np.ascontiguousarray(dam, dtype=np.int64)
+        sire.flags.writeable = False
+        dam.flags.writeable = False
+        self._ids = ids
+        self._sire = sire
+        self._dam = dam
+        self._added = added
+        self._F = None
+        self._d = None
+        self._logdet = None
+        self._ainv = None
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, id: str = "id", sire: str = "sire",
+                   dam: str = "dam", missing: Iterable = DEFAULT_MISSING) -> "Pedigree":
+        """Pedigree from a DataFrame with id, sire and dam columns.
+
+        Parameters
+        ----------
+        df : pandas.DataFrame
+        id, sire, dam : str
+            Column names.
+        missing : iterable
+            Tokens meaning "unknown parent" (None/NaN always do).
+
+        Returns
+        -------
+        Pedigree
+
+        Raises
+        ------
+        PedigreeError
+            A column is absent, or the pedigree is invalid (see
+            :class:`Pedigree`).
+        """
+        absent = [c for c in (id, sire, dam) if c not in df.columns]
+        if absent:
+            raise _pederror(f"pedigree column(s) {absent} not found; columns are "
+                            f"{list(df.columns)}")
+        return cls(df[id], df[sire], df[dam], missing=missing)
+
+    @classmethod
+    def from_csv(cls, path, id: str = "id", sire: str = "sire", dam: str = "dam",
+                 missing: Iterable = DEFAULT_MISSING, **read_csv_kw) -> "Pedigree":
+        """Pedigree from a delimited text file (read with :func:`pandas.read_csv`).
+
+        All columns are read as strings (no NA conversion by pandas), so ids
+        such as ``007`` keep their leading zeros and only ``missing`` decides
+        what an unknown parent is. Extra keywords go to ``pandas.read_csv``.
+        """
+        kw = {"dtype": str, "keep_default_na": False, "na_filter": False}
+        kw.update(read_csv_kw)
+        df = pd.read_csv(path, **kw)
+        return cls.from_frame(df, id=id, sire=sire, dam=dam, missing=missing)
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def ids(self) -> pd.Index:
+        """Normalised ids in internal order (parents before offspring)."""
+        return self._ids
+
+    @property
+    def sire(self) -> np.ndarray:
+        """Internal index of each animal's sire, -1 when unknown (read-only)."""
+        return self._sire
+
+    @property
+    def dam(self) -> np.ndarray:
+        """Internal index of each animal's dam, -1 when unknown (read-only)."""
+        return self._dam
+
+    @property
+    def n(self) -> int:
+        """Number of animals (including added founders)."""
+        return len(self._ids)
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def added_founders(self) -> pd.Index:
+        """Ids that appeared only as parents and were added as founders."""
+        return self._added
+
+    @property
+    def n_founders(self) -> int:
+        """Animals with both parents unknown."""
+        return int(np.count_nonzero((self._sire < 0) & (self._dam < 0)))
+
+    def index_of(self, ids):
+        """Internal indices of ``ids`` (normalised as the pedigree's ids).
+
+        Parameters
+        ----------
+        ids : scalar or array-like
+
+        Returns
+        -------
+        int or numpy.ndarray of int64
+
+        Raises
+        ------
+        PedigreeError
+            Some ids are not in the pedigree; the message names them.
+        """
+        scalar = np.ndim(ids) == 0 and not isinstance(ids, (pd.Index, pd.Series, np.ndarray))
+        keys = normalize_ids([ids] if scalar else ids)
+        pos = self._ids.get_indexer(keys)
+        if (pos < 0).any():
+            bad = pd.unique(np.asarray(keys, dtype=object)[pos < 0])
+            raise _pederror(f"{len(bad)} id(s) are not in the pedigree: {_show(bad)}", bad)
+        pos = pos.astype(np.int64)
+        return int(pos[0]) if scalar else pos
+
+    def to_frame(self) -> pd.DataFrame:
+        """id, sire, dam as normalised strings (a missing value when unknown), internal order."""
+        ids = self._ids.to_numpy(object)
+        s = np.where(self._sire >= 0, ids[np.maximum(self._sire, 0)], None)
+        d = np.where(self._dam >= 0, ids[np.maximum(self._dam, 0)], None)
+        return pd.DataFrame({"id": ids, "sire": s, "dam": d})
+
+    # ---------------------------------------------------------- relationships
+    def _inbreeding_array(self) -> np.ndarray:
+        if self._F is None:
+            F = np.empty(self.n, dtype=np.float64)
+            _core.inbreeding(self._sire, self._dam, F)
+            F.flags.writeable = False
+            self._F = F
+        return self._F
+
+    def _mendelian(self) -> np.ndarray:
+        if self._d is None:
+            d = np.empty(self.n, dtype=np.float64)
+            self._logdet = float(_core.mendelian_variances(self._sire, self._dam,
+                                                           self._inbreeding_array(), d))
+            d.flags.writeable = False
+            self._d = d
+        return self._d
+
+    @property
+    def inbreeding(self) -> pd.Series:
+        """Inbreeding coefficients F, indexed by id (cached).
+
+        Computed by the algorithm of Meuwissen & Luo (1992), Genet. Sel. Evol.
+        24:305-313: for each animal its ancestors are traced, each after all
+        of its descendants among them (bucketed by generation number, which
+        serves as ML92's decreasing order at O(1) per ancestor), accumulating
+        the row of T in A = T D T'; 1 + F_i = sum_j T_ij^2 d_j.
+        """
+        return pd.Series(self._inbreeding_array().copy(), index=self._ids, name="F")
+
+    @property
+    def mendelian_variances(self) -> pd.Series:
+        """d_i = Var(Mendelian sampling) / sigma_a^2, the diagonal of D in A = T D T'."""
+        return pd.Series(self._mendelian().copy(), index=self._ids, name="d")
+
+    def ainverse(self) -> sp.csc_matrix:
+        """Inverse of the numerator relationship matrix, sparse, in ``ids`` order.
+
+        Built by Henderson's (1976) rules with Quaas' (1976) correction for
+        inbreeding: with b_i = 1/d_i, animal i contributes b_i to (i, i),
+        -b_i/2 to (i, p) and (p, i) for each known parent p, and b_i/4 to
+        (p, q) for each pair of known parents (p = q included).
+
+        Returns
+        -------
+        scipy.sparse.csc_matrix
+            n x n, symmetric, both triangles stored, sorted indices, no
+            duplicates. A copy of a cached matrix.
+
+        References
+        ----------
+        Henderson, C. R. (1976). Biometrics 32:69-83.
+        Quaas, R. L. (1976). Biometrics 32:949-953.
+        """
+        if self._ainv is None:
+            n = self.n
+            d = self._mendelian()
+            itype = np.int32 if 9 * n < np.iinfo(np.int32).max else np.int64
+            rows = np.empty(9 * n, dtype=itype)
+            cols = np.empty(9 * n, dtype=itype)
+            vals = np.empty(9 * n, dtype=np.float64)
+            k = _core.ainverse_triplets(self._sire, self._dam, d, rows, cols, vals)
+            A = sp.csc_matrix((vals[:k], (rows[:k], cols[:k])), shape=(n, n))
+            A.sum_duplicates()
+            A.sort_indices()
+            self._ainv = A
+        return self._ainv.copy()
+
+    def logdet_a(self) -> float:
+        """log|A| = sum_i log d_i (A = T D T', T unit lower triangular)."""
+        self._mendelian()
+        return self._logdet
+
+    def relationship_matrix(self, ids=None) -> pd.DataFrame:
+        """Dense numerator relationships among ``ids`` (all animals if None).
+
+        Computed without forming A for the whole pedigree: the pedigree is
+        restricted to ``ids`` and their ancestors, and A X is evaluated for
+        unit vectors X by the recursions of Colleau (2002),
+        A = T D T' with T^-1 = I - P (O(#ancestors) per column).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Rows and columns labelled by the (normalised) ids, in the order
+            given.
+        """
+        if ids is None:
+            sel = np.arange(self.n, dtype=np.int64)
+        else:
+            sel = np.atleast_1d(self.index_of(ids))
+        A = _relationship_block(self._sire, self._dam, self._mendelian(), sel)
+        labels = self._ids[sel]
+        return pd.DataFrame(A, index=labels, columns=labels)
+
+    def __repr__(self) -> str:
+        n = self.n
+        base = f"Pedigree(n={n:,} animals, {self.n_founders:,} founders"
+        if self._F is not None or n <= 200_000:
+            F = self._inbreeding_array()
+            inbred = int(np.count_nonzero(F > 0))
+            fmax = float(F.max()) if n else 0.0
+            return base + f", {inbred:,} inbred, max F={fmax:.4f})"
+        return base + ", inbreeding not computed yet)"
+
+
+def _relationship_block(sire, dam, dvar, sel, block: int = 256) -> np.ndarray:
+    """A[sel, sel] (dense) via the pedigree of sel and its ancestors."""
+    n = len(sire)
+    mask = np.zeros(n, dtype=np.uint8)
+    mask[sel] = 1
+    _core.mark_ancestors(sire, dam, mask)
+    keep = np.flatnonzero(mask)
+    new = np.full(n, -1, dtype=np.int64)
+    new[keep] = np.arange(len(keep), dtype=np.int64)
+    s = sire[keep]
+    d = dam[keep]
+    s = np.where(s >= 0, new[np.maximum(s, 0)], -1)
+    d = np.where(d >= 0, new[np.maximum(d, 0)], -1)
+    dv = np.ascontiguousarray(dvar[keep])
+    m = len(keep)
+    rows = new[sel]
+    g = len(sel)
+    out = np.empty((g, g), dtype=np.float64)
+    for c0 in range(0, g, block):
+        c1 = min(g, c0 + block)
+        X = np.zeros((m, c1 - c0), dtype=np.float64)
+        X[rows[c0:c1], np.arange(c1 - c0)] = 1.0
+        Y = np.empty_like(X)
+        _core.a_multiply(s, d, dv, X, Y)
+        out[:, c0:c1] = Y[rows]
+    return out
+
+
+def _find_cycles(sire, dam, remaining, limit: int = 10) -> list[list[int]]:
+    """Cycles among the animals Kahn's algorithm could not order.
+
+    Every such animal has a parent that is also unordered, so walking from
+    it to such a parent must reach a cycle. Each cycle is returned in
+    parent -> offspring order, closed (first == last). O(#remaining).
+    """
+    state = np.zeros(len(sire), dtype=np.int8)  # 0 new, 1 on current walk, 2 done
+    cycles: list[list[int]] = []
+    for start in np.flatnonzero(remaining):
+        if state[start]:
+            continue
+        walk = []
+        v = int(start)
+        while state[v] == 0:
+            state[v] = 1
+            walk.append(v)
+            s, d = int(sire[v]), int(dam[v])
+            v = s if s >= 0 and remaining[s] else d
+        if state[v] == 1:  # closed a new cycle
+            cyc = walk[walk.index(v):]
+            # the walk goes offspring -> parent; report parent -> offspring
+            cyc = [v] + cyc[::-1]
+            cycles.append(cyc)
+        for w in walk:
+            state[w] = 2
+        if len(cycles) >= limit:
+            break
+    return cycles
