@@ -1,0 +1,189 @@
+"""``mme.fit``: a thin chain of stages, each callable alone.
+
+    parse_formula → build_design → MME (pattern once) → Model.fit_variances (AI-REML)
+    → assemble results (BLUE, BLUP, PEV, θ ± SE, df)
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ._errors import DataError, SingularFitWarning
+from .design import Design, build_design
+from .formula import parse_formula
+from .reml import Model, fit_variances
+from .results import Fit, RandomEffectsBlock
+from .satterthwaite import observed_information, satterthwaite_df, vcov_derivatives
+from .system import MME
+
+
+@dataclass
+class Internals:
+    """What inference needs after the fit (kept off the public surface)."""
+
+    design: Design
+    model: Model
+    theta: np.ndarray
+    F: np.ndarray              # C⁻¹[:, :p]
+    dvcov: np.ndarray          # ∂Cˣˣ/∂θᵢ, (k, p, p)
+    vcov_theta: np.ndarray     # asymptotic Var(θ̂): inverse observed information
+    ai: np.ndarray             # average information at θ̂
+
+
+def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict | None = None,
+        relmat: dict | None = None, ordering: str = "default", max_iter: int = 200,
+        verbose: bool = False) -> Fit:
+    """Fit a linear mixed model by REML (default) or ML.
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax: ``"yield ~ K2O_lbac + (1|rep)"``; random terms ``(1|g)``,
+        ``(1|a:b)``, ``(1|a/b)``, ``(x|g)``, ``(x||g)``.
+    data : DataFrame
+        Rows with missing values in the model's columns are dropped (with a warning).
+    method : "REML" or "ML"
+    variances : dict, optional
+        Known variances — ``{"rep": 0.035, "Residual": 0.044}`` (for a term with
+        slopes, a d × d matrix) — to solve the MME without REML (BLUP with known
+        variances).
+    relmat : dict, optional
+        ``{"id": mme.Pedigree}`` or ``{"id": (levels, Kinv)}``: the covariance of
+        that term's effects is σ² K instead of σ² I.
+    ordering : str
+        CHOLMOD's fill-reducing ordering ("default", "amd", "metis", "nesdis", ...).
+
+    Returns
+    -------
+    Fit
+    """
+    method = str(method).upper()
+    if method not in ("REML", "ML"):
+        raise ValueError(f"method must be 'REML' or 'ML', got {method!r}")
+    mf = parse_formula(formula)
+    design = build_design(mf, data, relmat)
+    model = Model(MME(design, ordering=ordering), method)
+    if variances is not None:
+        theta = _theta_from_variances(model, variances)
+        ev = model.evaluate(theta)
+        result = None
+        n_iter, converged, history, at_bound = 0, True, (), np.zeros(model.k, bool)
+    elif not design.blocks:
+        theta = _ols_variance(model)
+        ev = model.evaluate(theta)
+        n_iter, converged, history, at_bound = 0, True, (), np.zeros(1, bool)
+    else:
+        result = fit_variances(model, max_iter=max_iter, verbose=verbose)
+        theta, ev = result.theta, result.evaluation
+        n_iter, converged, history, at_bound = (result.n_iter, result.converged,
+                                                tuple(result.history), result.at_bound)
+    return _assemble(formula, design, model, theta, ev, n_iter, converged, history,
+                     at_bound, estimated=variances is None)
+
+
+def _ols_variance(model: Model) -> np.ndarray:
+    X, y = model.mme.design.X, model.mme.y
+    p = X.shape[1]
+    if p:
+        XtX = (X.T @ X).toarray()  # dense-ok: p × p
+        r = y - X @ np.linalg.solve(XtX, X.T @ y)
+    else:
+        r = y
+    denom = len(y) - (p if model.method == "REML" else 0)
+    if denom <= 0:
+        raise DataError(f"{len(y)} observations cannot estimate {p} fixed effects and a residual variance")
+    return np.array([float(r @ r) / denom])
+
+
+def _theta_from_variances(model: Model, variances: dict) -> np.ndarray:
+    out = []
+    known = set(variances)
+    for s in model.mme.structures:
+        g = s.block.group
+        if g not in variances:
+            raise DataError(f"variances: no value for random term {g!r} (given: {sorted(known)})")
+        G0 = np.atleast_2d(np.asarray(variances[g], dtype=float))
+        if G0.shape != (s.d, s.d):
+            raise DataError(f"variances[{g!r}] must be {s.d} × {s.d} for terms {s.block.terms}")
+        out.append(s.theta_of(G0))
+    if "Residual" not in variances:
+        raise DataError("variances: a 'Residual' value is required")
+    theta = np.concatenate(out + [np.array([float(variances["Residual"])])])
+    if not model.feasible(theta):
+        raise DataError("variances: each variance must be > 0 and each G₀ positive definite")
+    return theta
+
+
+def _vc_table(model: Model, theta: np.ndarray, se: np.ndarray) -> pd.DataFrame:
+    rows, i = [], 0
+    for s in model.mme.structures:
+        for a, b in s.pairs:
+            t1, t2 = s.block.terms[a], s.block.terms[b]
+            rows.append((s.block.group, t1 if a == b else t2, "" if a == b else t1,
+                         theta[i], se[i]))
+            i += 1
+    rows.append(("Residual", "", "", theta[-1], se[-1]))
+    return pd.DataFrame(rows, columns=["group", "term1", "term2", "estimate", "std_error"])
+
+
+def _assemble(formula, design, model, theta, ev, n_iter, converged, history, at_bound,
+              estimated) -> Fit:
+    mme = model.mme
+    p = mme.p
+    F = model._fixed_columns() if p else np.zeros((mme.dim, 0))
+    vcov_beta = F[:p].copy()
+    blocks = []
+    if mme.structures:
+        diag = np.arange(p, mme.dim, dtype=np.int64)
+        cuu = mme.selected_inverse(diag, diag)
+        Fu = F[p:]
+        cond = cuu - (np.einsum("ij,jk,ik->i", Fu, np.linalg.inv(vcov_beta), Fu) if p else 0.0)
+        for s in mme.structures:
+            sl = slice(s.offset - p, s.offset - p + s.block.q)
+            shape = (s.d, s.L)
+            blocks.append(RandomEffectsBlock(
+                group=s.block.group, terms=s.block.terms, levels=s.block.levels,
+                blup=ev.solution[s.offset:s.offset + s.block.q].reshape(shape),
+                pev=cuu[sl].reshape(shape), cond_var=cond[sl].reshape(shape)))
+    # θ covariance and fixed-effect df
+    if mme.structures and estimated:
+        J = observed_information(model, theta, at_bound)
+        free = ~at_bound
+        vcov_theta = np.zeros_like(J)
+        vcov_theta[np.ix_(free, free)] = np.linalg.pinv(J[np.ix_(free, free)])
+        ai_inv = np.zeros_like(ev.AI)
+        ai_inv[np.ix_(free, free)] = np.linalg.pinv(ev.AI[np.ix_(free, free)])
+        se = np.sqrt(np.maximum(np.diag(ai_inv), 0.0))
+        dvcov = vcov_derivatives(model, theta, F) if p else np.zeros((model.k, 0, 0))
+        df = satterthwaite_df(np.eye(p), vcov_beta, dvcov, vcov_theta) if p else np.zeros(0)
+        df_method = "Satterthwaite"
+    else:
+        vcov_theta = np.zeros((model.k, model.k))
+        dvcov = None
+        if mme.structures:
+            se = np.full(model.k, np.nan)
+            df = np.full(p, np.inf)
+            df_method = "asymptotic (variances given)"
+        else:
+            resid_df = mme.n - p
+            se = np.array([theta[0] * np.sqrt(2.0 / resid_df)])
+            df = np.full(p, float(resid_df))
+            df_method = "residual"
+    singular = bool(np.any(at_bound))
+    if singular:
+        warnings.warn("boundary (singular) fit: a variance is estimated at zero", SingularFitWarning,
+                      stacklevel=3)
+    n_params = p + model.k
+    resid = ev.resid
+    internals = Internals(design=design, model=model, theta=theta, F=F, dvcov=dvcov,
+                          vcov_theta=vcov_theta, ai=ev.AI)
+    return Fit(formula=formula, method=model.method, nobs=mme.n,
+               fixed_names=design.fixed_names, aliased=design.aliased, beta=ev.solution[:p].copy(),
+               vcov_beta=vcov_beta, df_beta=np.asarray(df, float), df_method=df_method,
+               vc_table=_vc_table(model, theta, se), blocks=tuple(blocks), loglik=ev.loglik,
+               n_params=n_params, converged=converged, n_iter=n_iter, history=history,
+               singular=singular, estimated=estimated, fitted_values=mme.y - resid,
+               residual_values=resid, internals=internals)
