@@ -19,6 +19,7 @@ from formulaic import Formula
 
 from ._errors import DataError, DroppedRowsWarning, FormulaError
 from .formula import ModelFormula, RandomTerm
+from .pedigree import normalize_ids
 
 #: A column of X is aliased when the squared norm of its residual on the kept
 #: columns before it is below ALIAS_TOL × its squared norm. R's lm uses 1e-7 on the
@@ -40,6 +41,7 @@ class RandomBlock:
     Z: sp.csc_matrix        # n × (d·L)
     Kinv: sp.csc_matrix     # L × L, symmetric, full (both triangles)
     logdet_K: float         # log|K| (0 for identity)
+    Kdiag: np.ndarray = None  # diag(K) (1 + F for a pedigree); None if unknown
 
     @property
     def d(self) -> int:
@@ -226,9 +228,10 @@ def _relmat_parts(rel, group: str) -> tuple:
     """(levels, Kinv csc, logdet K) from a Pedigree-like object or a (levels, Kinv) pair."""
     if hasattr(rel, "ainverse"):
         Kinv = sp.csc_matrix(rel.ainverse())
-        return pd.Index([str(i) for i in rel.ids], dtype=object), Kinv, float(rel.logdet_a())
+        levels = pd.Index(rel.ids, dtype=object)
+        return levels, Kinv, float(rel.logdet_a()), 1.0 + np.asarray(rel.inbreeding, float)
     if isinstance(rel, tuple) and len(rel) in (2, 3):
-        levels = pd.Index([str(i) for i in rel[0]], dtype=object)
+        levels = pd.Index(normalize_ids(rel[0]), dtype=object)
         Kinv = sp.csc_matrix(rel[1], dtype=float)
         if Kinv.shape != (len(levels), len(levels)):
             raise DataError(f"relmat for {group!r}: K⁻¹ is {Kinv.shape}, expected "
@@ -238,7 +241,7 @@ def _relmat_parts(rel, group: str) -> tuple:
         else:
             from sksparse.cholmod import cholesky
             logdet = -float(cholesky(sp.tril(Kinv).tocsc()).logdet())
-        return levels, Kinv, logdet
+        return levels, Kinv, logdet, None
     raise DataError(f"relmat for {group!r} must be an mme.Pedigree or a (levels, Kinv) pair")
 
 
@@ -257,16 +260,17 @@ def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict) -> RandomB
     if term.group in relmat:
         if len(term.factors) != 1:
             raise FormulaError(f"relmat needs a single grouping column, got {term.group!r}")
-        levels, Kinv, logdet = _relmat_parts(relmat[term.group], term.group)
-        codes = levels.get_indexer(data[term.factors[0]].astype(str))
+        levels, Kinv, logdet, Kdiag = _relmat_parts(relmat[term.group], term.group)
+        codes = levels.get_indexer(normalize_ids(data[term.factors[0]]))
         if (codes < 0).any():
-            bad = pd.unique(data[term.factors[0]].astype(str)[codes < 0])
+            bad = pd.unique(normalize_ids(data[term.factors[0]])[codes < 0])
             raise DataError(f"{len(bad)} {term.group!r} value(s) in the data are not in its "
                             f"relationship matrix / pedigree, e.g. {list(bad[:5])}")
     else:
         codes, levels = group_codes(data, term.factors)
         Kinv = sp.identity(len(levels), format="csc")
         logdet = 0.0
+        Kdiag = np.ones(len(levels))
     L, d = len(levels), T.shape[1]
     if L < 2:
         raise DataError(
@@ -277,7 +281,7 @@ def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict) -> RandomB
     Z = sp.csc_matrix((T.T.ravel(), (rows, cols)), shape=(n, d * L))
     Z.eliminate_zeros()
     return RandomBlock(group=term.group, terms=names, levels=levels, Z=Z,
-                       Kinv=Kinv, logdet_K=logdet)
+                       Kinv=Kinv, logdet_K=logdet, Kdiag=Kdiag)
 
 
 def build_design(mf: ModelFormula, data: pd.DataFrame, relmat: dict | None = None) -> Design:

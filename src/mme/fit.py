@@ -31,6 +31,7 @@ class Internals:
     dvcov: np.ndarray          # ∂Cˣˣ/∂θᵢ, (k, p, p)
     vcov_theta: np.ndarray     # asymptotic Var(θ̂): inverse observed information
     ai: np.ndarray             # average information at θ̂
+    vcov_theta_ai: np.ndarray  # AI⁻¹ (0 rows/cols for parameters at the boundary)
 
 
 def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict | None = None,
@@ -141,13 +142,17 @@ def _assemble(formula, design, model, theta, ev, n_iter, converged, history, at_
         cuu = mme.selected_inverse(diag, diag)
         Fu = F[p:]
         cond = cuu - (np.einsum("ij,jk,ik->i", Fu, np.linalg.inv(vcov_beta), Fu) if p else 0.0)
-        for s in mme.structures:
+        G0s, _ = model.split(theta)
+        for s, G0 in zip(mme.structures, G0s):
             sl = slice(s.offset - p, s.offset - p + s.block.q)
             shape = (s.d, s.L)
+            pev = cuu[sl].reshape(shape)
+            kdiag = s.block.Kdiag if s.block.Kdiag is not None else np.full(s.L, np.nan)
+            prior = np.diag(G0)[:, None] * kdiag[None, :]
             blocks.append(RandomEffectsBlock(
                 group=s.block.group, terms=s.block.terms, levels=s.block.levels,
                 blup=ev.solution[s.offset:s.offset + s.block.q].reshape(shape),
-                pev=cuu[sl].reshape(shape), cond_var=cond[sl].reshape(shape)))
+                pev=pev, cond_var=cond[sl].reshape(shape), reliability=1.0 - pev / prior))
     # θ covariance and fixed-effect df
     if mme.structures and estimated:
         J = observed_information(model, theta, at_bound)
@@ -162,6 +167,7 @@ def _assemble(formula, design, model, theta, ev, n_iter, converged, history, at_
         df_method = "Satterthwaite"
     else:
         vcov_theta = np.zeros((model.k, model.k))
+        ai_inv = np.zeros((model.k, model.k))
         dvcov = None
         if mme.structures:
             se = np.full(model.k, np.nan)
@@ -170,6 +176,7 @@ def _assemble(formula, design, model, theta, ev, n_iter, converged, history, at_
         else:
             resid_df = mme.n - p
             se = np.array([theta[0] * np.sqrt(2.0 / resid_df)])
+            ai_inv = np.diag(se ** 2)
             df = np.full(p, float(resid_df))
             df_method = "residual"
     singular = bool(np.any(at_bound))
@@ -179,7 +186,7 @@ def _assemble(formula, design, model, theta, ev, n_iter, converged, history, at_
     n_params = p + model.k
     resid = ev.resid
     internals = Internals(design=design, model=model, theta=theta, F=F, dvcov=dvcov,
-                          vcov_theta=vcov_theta, ai=ev.AI)
+                          vcov_theta=vcov_theta, ai=ev.AI, vcov_theta_ai=ai_inv)
     return Fit(formula=formula, method=model.method, nobs=mme.n,
                fixed_names=design.fixed_names, aliased=design.aliased, beta=ev.solution[:p].copy(),
                vcov_beta=vcov_beta, df_beta=np.asarray(df, float), df_method=df_method,

@@ -7,6 +7,7 @@ Stable column names (other code relies on them):
   (``pev`` = Var(u − û) = diagonal of Cᵘᵘ, Henderson's prediction-error variance,
   which accounts for the estimation of β; ``cond_var`` = Var(u | y, β = β̂), the
   diagonal of (Z'R⁻¹Z + G⁻¹)⁻¹, which is what lme4's ``condVar`` reports)
+  ``reliability`` = 1 − PEV / (σ²ₖ Kᵢᵢ) (Kᵢᵢ = 1 + Fᵢ for a pedigree), ``accuracy`` = √reliability
 - ``variance_components``: ``group, term1, term2, estimate, std_error``
   (``term2`` empty for a variance; the residual row has group ``Residual``)
 """
@@ -27,6 +28,7 @@ class RandomEffectsBlock:
     blup: np.ndarray       # d × L
     pev: np.ndarray        # d × L
     cond_var: np.ndarray   # d × L
+    reliability: np.ndarray = None  # d × L: 1 − PEV / (G₀[a,a] · K[i,i])
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,12 @@ class Fit:
             for a, term in enumerate(b.terms):
                 frames.append(pd.DataFrame({
                     "group": b.group, "term": term, "level": list(b.levels),
-                    "blup": b.blup[a], "pev": b.pev[a], "cond_var": b.cond_var[a]}))
+                    "blup": b.blup[a], "pev": b.pev[a], "cond_var": b.cond_var[a],
+                    "reliability": b.reliability[a],
+                    "accuracy": np.sqrt(np.clip(b.reliability[a], 0.0, 1.0))}))
         if not frames:
-            return pd.DataFrame(columns=["group", "term", "level", "blup", "pev", "cond_var"])
+            return pd.DataFrame(columns=["group", "term", "level", "blup", "pev", "cond_var",
+                                         "reliability", "accuracy"])
         return pd.concat(frames, ignore_index=True)
 
     @property
@@ -87,6 +92,36 @@ class Fit:
     def vcov(self) -> pd.DataFrame:
         """Var(β̂): the fixed block of C⁻¹, as a DataFrame."""
         return pd.DataFrame(self.vcov_beta, index=self.fixed_names, columns=self.fixed_names)
+
+    @property
+    def iteration_log(self) -> pd.DataFrame:
+        """One row per REML iteration: kind of step, log-likelihood, step, θ, seconds."""
+        rows = [{"iteration": r.iteration, "kind": r.kind, "loglik": r.loglik, "step": r.step,
+                 "decrement": r.decrement, "seconds": r.seconds,
+                 **{f"theta{i}": t for i, t in enumerate(r.theta)}} for r in self.history]
+        return pd.DataFrame(rows)
+
+    def heritability(self, group: str, term: str = "(Intercept)") -> pd.Series:
+        """σ²_group / (Σ variances + σ²ₑ) with a delta-method SE from AI⁻¹.
+
+        The denominator sums every variance in ``variance_components`` (for
+        models with random slopes, interpret with care: it ignores covariances
+        and the scale of the slope variables).
+        """
+        vc = self.vc_table
+        var_rows = np.flatnonzero((vc["term2"] == "").to_numpy())
+        sel = np.flatnonzero(((vc["group"] == group) & (vc["term1"] == term)
+                              & (vc["term2"] == "")).to_numpy())
+        if len(sel) != 1:
+            raise KeyError(f"no variance for group {group!r}, term {term!r} in variance_components")
+        theta = vc["estimate"].to_numpy()
+        total = theta[var_rows].sum()
+        h2 = theta[sel[0]] / total
+        grad = np.zeros(len(theta))
+        grad[var_rows] = -theta[sel[0]] / total ** 2
+        grad[sel[0]] += 1.0 / total
+        se = float(np.sqrt(grad @ self.internals.vcov_theta_ai @ grad))
+        return pd.Series({"estimate": h2, "std_error": se}, name=f"h2({group})")
 
     # -- criteria --------------------------------------------------------------
     @property
@@ -120,6 +155,16 @@ class Fit:
         """Wald confidence intervals; see :func:`mme.anova.confint`."""
         from .anova import confint
         return confint(self, level=level, df_method=df_method)
+
+    def predict(self, newdata=None, include_random=True):
+        """Predictions for new data; see :func:`mme.predict.predict`."""
+        from .predict import predict
+        return predict(self, newdata, include_random=include_random)
+
+    def marginal_covariance(self, rows=None):
+        """V = ZGZ' + R for chosen rows, sparse; see :func:`mme.marginal.marginal_covariance`."""
+        from .marginal import marginal_covariance
+        return marginal_covariance(self, rows)
 
     # -- printing ------------------------------------------------------------
     def __repr__(self) -> str:
