@@ -191,3 +191,20 @@ def test_bad_formula():
         mme.fit("Yield + (1|Batch)", df)
     with pytest.raises(mme.FormulaError):
         mme.fit("Yield ~ 1 + (1|Batch", df)
+
+
+def test_boundary_fit_is_reported_singular_with_zero_variance():
+    """No group signal: σ²_g → 0 (lme4's isSingular); the REML logLik then equals
+    the REML logLik of the model without the term."""
+    rng = np.random.default_rng(3)
+    n = 300
+    df = pd.DataFrame({"y": rng.normal(size=n), "g": rng.integers(0, 20, n).astype(str)})
+    with pytest.warns(mme.SingularFitWarning):
+        fit = mme.fit("y ~ 1 + (1|g)", df)
+    assert fit.singular and fit.converged
+    vc = fit.variance_components.set_index("group")
+    assert vc.loc["g", "estimate"] == 0.0
+    lm = mme.fit("y ~ 1", df)
+    assert fit.loglik == pytest.approx(lm.loglik, abs=1e-6)
+    assert vc.loc["Residual", "estimate"] == pytest.approx(
+        lm.variance_components["estimate"].iloc[0], rel=1e-6)

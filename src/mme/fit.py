@@ -190,7 +190,7 @@ def _assemble(formula, design, model, theta, ev, n_iter, converged, history, at_
     return Fit(formula=formula, method=model.method, nobs=mme.n,
                fixed_names=design.fixed_names, aliased=design.aliased, beta=ev.solution[:p].copy(),
                vcov_beta=vcov_beta, df_beta=np.asarray(df, float), df_method=df_method,
-               vc_table=_vc_table(model, theta, se), blocks=tuple(blocks), loglik=ev.loglik,
+               vc_table=_vc_table(model, np.where(at_bound, 0.0, theta), se), blocks=tuple(blocks), loglik=ev.loglik,
                n_params=n_params, converged=converged, n_iter=n_iter, history=history,
                singular=singular, estimated=estimated, fitted_values=mme.y - resid,
                residual_values=resid, internals=internals)
