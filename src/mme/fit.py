@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -20,18 +20,66 @@ from .satterthwaite import observed_information, satterthwaite_df, vcov_derivati
 from .system import MME
 
 
-@dataclass
 class Internals:
-    """What inference needs after the fit (kept off the public surface)."""
+    """What inference needs after the fit (kept off the public surface).
 
-    design: Design
-    model: Model
-    theta: np.ndarray
-    F: np.ndarray              # C⁻¹[:, :p]
-    dvcov: np.ndarray          # ∂Cˣˣ/∂θᵢ, (k, p, p)
-    vcov_theta: np.ndarray     # asymptotic Var(θ̂): inverse observed information
-    ai: np.ndarray             # average information at θ̂
-    vcov_theta_ai: np.ndarray  # AI⁻¹ (0 rows/cols for parameters at the boundary)
+    The Satterthwaite pieces — the observed information of θ (2k score
+    evaluations) and ∂Cˣˣ/∂θ — are computed on first use and cached, so a fit
+    whose df are never asked for does not pay for them.
+    """
+
+    def __init__(self, design: Design, model: Model, theta: np.ndarray, F: np.ndarray,
+                 ai: np.ndarray, vcov_theta_ai: np.ndarray, at_bound: np.ndarray,
+                 estimated: bool):
+        self.design = design
+        self.model = model
+        self.theta = theta            # θ̂ (G₀ elements per block, then σ²ₑ)
+        self.F = F                    # C⁻¹[:, :p]
+        self.ai = ai                  # average information at θ̂
+        self.vcov_theta_ai = vcov_theta_ai  # AI⁻¹ (0 rows/cols at the boundary)
+        self.at_bound = at_bound
+        self.estimated = estimated
+
+    @property
+    def has_variances(self) -> bool:
+        """True when θ was estimated for a model with random terms (df need θ's covariance)."""
+        return bool(self.model.mme.structures) and self.estimated
+
+    @cached_property
+    def vcov_theta(self) -> np.ndarray:
+        """Asymptotic Var(θ̂): inverse observed information (lmerTest's choice)."""
+        k = self.model.k
+        if not self.has_variances:
+            return np.zeros((k, k))
+        J = observed_information(self.model, self.theta, self.at_bound)
+        free = ~self.at_bound
+        out = np.zeros_like(J)
+        out[np.ix_(free, free)] = np.linalg.pinv(J[np.ix_(free, free)])
+        return out
+
+    @cached_property
+    def dvcov(self):
+        """∂Cˣˣ/∂θᵢ, array (k, p, p); None without estimated variances."""
+        if not self.has_variances:
+            return None
+        p = self.model.mme.p
+        if not p:
+            return np.zeros((self.model.k, 0, 0))
+        return vcov_derivatives(self.model, self.theta, self.F)
+
+    @cached_property
+    def fixed_df(self) -> np.ndarray:
+        """Default df of each coefficient: Satterthwaite (mixed), residual (fixed-only)."""
+        mme = self.model.mme
+        p = mme.p
+        if not mme.structures:
+            return np.full(p, float(mme.n - p))
+        if not self.estimated:
+            return np.full(p, np.inf)
+        if not p:
+            return np.zeros(0)
+        F = self.F
+        return satterthwaite_df(np.eye(p), F[:p], self.dvcov, self.vcov_theta)
 
 
 def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict | None = None,
@@ -153,43 +201,32 @@ def _assemble(formula, design, model, theta, ev, n_iter, converged, history, at_
                 group=s.block.group, terms=s.block.terms, levels=s.block.levels,
                 blup=ev.solution[s.offset:s.offset + s.block.q].reshape(shape),
                 pev=pev, cond_var=cond[sl].reshape(shape), reliability=1.0 - pev / prior))
-    # θ covariance and fixed-effect df
+    # θ standard errors from AI⁻¹; df (Satterthwaite) are computed lazily by Internals
     if mme.structures and estimated:
-        J = observed_information(model, theta, at_bound)
         free = ~at_bound
-        vcov_theta = np.zeros_like(J)
-        vcov_theta[np.ix_(free, free)] = np.linalg.pinv(J[np.ix_(free, free)])
         ai_inv = np.zeros_like(ev.AI)
         ai_inv[np.ix_(free, free)] = np.linalg.pinv(ev.AI[np.ix_(free, free)])
         se = np.sqrt(np.maximum(np.diag(ai_inv), 0.0))
-        dvcov = vcov_derivatives(model, theta, F) if p else np.zeros((model.k, 0, 0))
-        df = satterthwaite_df(np.eye(p), vcov_beta, dvcov, vcov_theta) if p else np.zeros(0)
         df_method = "Satterthwaite"
-    else:
-        vcov_theta = np.zeros((model.k, model.k))
+    elif mme.structures:
         ai_inv = np.zeros((model.k, model.k))
-        dvcov = None
-        if mme.structures:
-            se = np.full(model.k, np.nan)
-            df = np.full(p, np.inf)
-            df_method = "asymptotic (variances given)"
-        else:
-            resid_df = mme.n - p
-            se = np.array([theta[0] * np.sqrt(2.0 / resid_df)])
-            ai_inv = np.diag(se ** 2)
-            df = np.full(p, float(resid_df))
-            df_method = "residual"
+        se = np.full(model.k, np.nan)
+        df_method = "asymptotic (variances given)"
+    else:
+        se = np.array([theta[0] * np.sqrt(2.0 / (mme.n - p))])
+        ai_inv = np.diag(se ** 2)
+        df_method = "residual"
     singular = bool(np.any(at_bound))
     if singular:
         warnings.warn("boundary (singular) fit: a variance is estimated at zero", SingularFitWarning,
                       stacklevel=3)
     n_params = p + model.k
     resid = ev.resid
-    internals = Internals(design=design, model=model, theta=theta, F=F, dvcov=dvcov,
-                          vcov_theta=vcov_theta, ai=ev.AI, vcov_theta_ai=ai_inv)
+    internals = Internals(design=design, model=model, theta=theta, F=F, ai=ev.AI,
+                          vcov_theta_ai=ai_inv, at_bound=at_bound, estimated=estimated)
     return Fit(formula=formula, method=model.method, nobs=mme.n,
                fixed_names=design.fixed_names, aliased=design.aliased, beta=ev.solution[:p].copy(),
-               vcov_beta=vcov_beta, df_beta=np.asarray(df, float), df_method=df_method,
+               vcov_beta=vcov_beta, df_method=df_method,
                vc_table=_vc_table(model, np.where(at_bound, 0.0, theta), se), blocks=tuple(blocks), loglik=ev.loglik,
                n_params=n_params, converged=converged, n_iter=n_iter, history=history,
                singular=singular, estimated=estimated, fitted_values=mme.y - resid,

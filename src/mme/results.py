@@ -42,7 +42,6 @@ class Fit:
     aliased: tuple
     beta: np.ndarray
     vcov_beta: np.ndarray
-    df_beta: np.ndarray
     df_method: str
     vc_table: pd.DataFrame
     blocks: tuple
@@ -56,6 +55,11 @@ class Fit:
     fitted_values: np.ndarray = field(repr=False)
     residual_values: np.ndarray = field(repr=False)
     internals: object = field(repr=False, default=None, compare=False)
+
+    @property
+    def df_beta(self) -> np.ndarray:
+        """df of each coefficient by ``df_method`` (computed on first use)."""
+        return self.internals.fixed_df
 
     # -- tables --------------------------------------------------------------
     @property
