@@ -17,6 +17,10 @@ class PedigreeError(DataError):
     """A pedigree fault: duplicated ids, cycles, sex conflicts, unknown animals."""
 
 
+class DfMethodError(MMEError, ValueError):
+    """A degrees-of-freedom method that does not apply to this fit."""
+
+
 class NotPositiveDefiniteError(MMEError, ArithmeticError):
     """A matrix that must be positive definite is not (the MME, G, a relationship matrix)."""
 

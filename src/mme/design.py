@@ -276,6 +276,12 @@ def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict) -> RandomB
         raise DataError(
             f"grouping factor {term.group!r} has a single level ({list(levels)}); "
             "its variance cannot be estimated")
+    if term.group not in relmat and n <= L * d:
+        # lme4's check.nobs.vs.nRE (a relationship matrix legitimately has more levels)
+        raise DataError(
+            f"number of observations (={n}) <= number of random effects (={L * d}) for term "
+            f"({term.expr} | {term.group}); its variance parameters and the residual "
+            "variance are probably unidentifiable")
     rows = np.tile(np.arange(n, dtype=np.int64), d)
     cols = (np.repeat(np.arange(d, dtype=np.int64), n) * L) + np.tile(codes, d)
     Z = sp.csc_matrix((T.T.ravel(), (rows, cols)), shape=(n, d * L))

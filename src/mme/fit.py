@@ -20,6 +20,12 @@ from .satterthwaite import observed_information, satterthwaite_df, vcov_derivati
 from .system import MME
 
 
+#: G₀ whose smallest/largest eigenvalue ratio is below this is reported singular
+#: (lme4 flags relative Cholesky-factor elements below 1e-4; AI steps keep G₀'s
+#: eigenvalues ≥ 1e-8 × the largest, so a boundary optimum sits well below this).
+SINGULAR_TOL = 1e-6
+
+
 class Internals:
     """What inference needs after the fit (kept off the public surface).
 
@@ -216,7 +222,11 @@ def _assemble(formula, design, model, theta, ev, n_iter, converged, history, at_
         se = np.array([theta[0] * np.sqrt(2.0 / (mme.n - p))])
         ai_inv = np.diag(se ** 2)
         df_method = "residual"
-    singular = bool(np.any(at_bound))
+    # lme4's isSingular: a variance at zero, or a G₀ (d > 1) of deficient rank
+    G0s, _ = model.split(theta)
+    singular = bool(np.any(at_bound)) or (estimated and any(
+        G.shape[0] > 1 and np.linalg.eigvalsh(G)[0] <= SINGULAR_TOL * np.linalg.eigvalsh(G)[-1]
+        for G in G0s))
     if singular:
         warnings.warn("boundary (singular) fit: a variance is estimated at zero", SingularFitWarning,
                       stacklevel=3)

@@ -74,21 +74,27 @@ def satterthwaite_df(L: np.ndarray, vcov: np.ndarray, dvcov: np.ndarray,
 
 def satterthwaite_F_df(L: np.ndarray, vcov: np.ndarray, dvcov: np.ndarray,
                        vcov_theta: np.ndarray) -> float:
-    """Denominator df of the F test of Lβ = 0 (lmerTest's method: eigen-decompose
-    L Cˣˣ L', one Satterthwaite df per orthogonal component, combine by
-    Fai & Cornelius 1996)."""
+    """Denominator df of the F test of Lβ = 0, as lmerTest's ``contestMD``:
+    eigen-decompose L Cˣˣ L' (eigenvalues > √ε · the largest count), one
+    Satterthwaite df νₘ per eigen-direction, then (``get_Fstat_ddf``) ν₁ if there is
+    one, their mean if all are within 1e-8 of each other, 2 if any νₘ ≤ 2, and
+    otherwise 2E/(E − q) with E = Σ νₘ/(νₘ − 2) (Fai & Cornelius 1996)."""
     L = np.atleast_2d(L)
+    if L.shape[0] == 1:
+        return float(satterthwaite_df(L, vcov, dvcov, vcov_theta)[0])
     VL = L @ vcov @ L.T
     w, P = np.linalg.eigh(VL)
-    tol = 1e-8 * max(w.max(), 1e-300)
-    keep = w > tol
-    PL = (P[:, keep].T @ L)
-    nu = satterthwaite_df(PL, vcov, dvcov, vcov_theta)
+    w, P = w[::-1], P[:, ::-1]                  # decreasing, as R's eigen()
+    keep = w > max(np.sqrt(np.finfo(float).eps) * w[0], 0.0)
     q = int(keep.sum())
-    nu_ok = nu[nu > 2]
-    if len(nu_ok) < q:
-        # lmerTest: if any nu <= 2 the combined df falls back to the smallest... use E-based formula only when all > 2
-        E = np.sum(nu_ok / (nu_ok - 2)) + (q - len(nu_ok))
-    else:
-        E = np.sum(nu / (nu - 2))
-    return float(2 * E / (E - q)) if E > q else float(np.min(nu))
+    if q == 0:
+        return float("nan")
+    nu = satterthwaite_df(P[:, keep].T @ L, vcov, dvcov, vcov_theta)
+    if q == 1:
+        return float(nu[0])
+    if np.all(np.abs(np.diff(nu)) < 1e-8):
+        return float(np.mean(nu))
+    if np.any(nu <= 2):
+        return 2.0
+    E = float(np.sum(nu / (nu - 2)))
+    return 2.0 * E / (E - q)

@@ -105,6 +105,10 @@ class MME:
                 f"the mixed-model equations are not positive definite ({exc}); "
                 "check for a variance at zero or a singular relationship matrix") from exc
         self.n_factorize += 1
+        if not np.isfinite(self.factor.logdet()):
+            raise NotPositiveDefiniteError(
+                "the mixed-model equations are numerically not positive definite "
+                "(a G₀ at the edge of the positive-definite cone)")
 
     def rhs(self, sigma2_e: float) -> np.ndarray:
         return self.Wty / sigma2_e

@@ -1,0 +1,301 @@
+"""Wald inference for fixed effects: type-III F tests per term (as ``lmerTest::anova``),
+confidence intervals (``confint``), and the dispatch of the denominator-df methods
+shared with ``emmeans``.
+
+df methods (``df_method``):
+
+- ``"satterthwaite"`` — Var(Lβ̂) from Φ = Cˣˣ, df by Satterthwaite (``satterthwaite``);
+  multi-df F tests as lmerTest's ``contestMD`` (one df per eigen-direction of
+  LΦL', combined by Fai & Cornelius 1996).
+- ``"kenward-roger"`` — Var from the adjusted Φ_A and the KR df / F scaling
+  (``kenward_roger``; REML fits only, as pbkrtest).
+- ``"residual"`` — n − p; the only finite df of a model without random terms, which
+  therefore gets it for any of the three names above (the classical ``lm`` results).
+- ``"asymptotic"`` — df = ∞ (z and χ²/q tests).
+
+Type-III hypotheses follow SAS's rules (Goodnight 1976) as lmerTest's
+``get_contrasts_type3`` builds them: a general set of estimable functions
+L = (X'X)⁻X'X of the over-parameterized (all-levels) design, then, for each term,
+the columns of terms not containing it are eliminated and rows belonging only to
+containing terms are orthogonalized away. For treatment coding this gives tests of
+the marginal means with equal weights, independent of the coding.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from formulaic import Formula
+from scipy import stats
+
+from ._errors import DataError
+from .design import r_name
+from .kenward_roger import DfMethodError, check_kenward_roger, kenward_roger
+from .satterthwaite import satterthwaite_df, satterthwaite_F_df
+
+__all__ = ["anova", "confint", "type3_contrasts", "DfMethodError"]
+
+_ALIASES = {
+    "kenward-roger": "kenward-roger", "kenward_roger": "kenward-roger", "kr": "kenward-roger",
+    "kenwardroger": "kenward-roger",
+    "satterthwaite": "satterthwaite", "sat": "satterthwaite",
+    "residual": "residual", "resid": "residual",
+    "asymptotic": "asymptotic", "asymp": "asymptotic", "z": "asymptotic",
+}
+
+#: Zero tests of the type-III elimination (lmerTest: 1e-8 pivots, 1e-6 entries).
+PIVOT_EPS = 1e-8
+ENTRY_EPS = 1e-6
+GINV_EPS = 1e-10
+#: lmerTest's eigenvalue tolerance for the rank of LΦL' (sqrt of machine epsilon).
+EIGEN_EPS = float(np.sqrt(np.finfo(float).eps))
+
+
+# ------------------------------------------------------------------ df methods --
+def resolve_df_method(fit, df_method: str) -> str:
+    """Normalize ``df_method`` and check that it applies to ``fit``.
+
+    Returns one of "kenward-roger", "satterthwaite", "residual", "asymptotic".
+    Models without random terms map the first three to "residual".
+    """
+    key = str(df_method).strip().lower().replace(" ", "")
+    if key not in _ALIASES:
+        raise DfMethodError(
+            f"unknown df_method {df_method!r}; use 'kenward-roger', 'satterthwaite', "
+            "'residual' or 'asymptotic'")
+    method = _ALIASES[key]
+    if not fit.blocks:
+        return "asymptotic" if method == "asymptotic" else "residual"
+    if method == "residual":
+        raise DfMethodError("residual df apply to models without random terms; use "
+                            "'kenward-roger', 'satterthwaite' or 'asymptotic'")
+    if method == "kenward-roger":
+        check_kenward_roger(fit)
+    if method == "satterthwaite" and not fit.estimated:
+        raise DfMethodError("Satterthwaite df need estimated variances; these were given "
+                            "(use df_method='asymptotic')")
+    return method
+
+
+def residual_df(fit) -> float:
+    return float(fit.nobs - len(fit.beta))
+
+
+def wald(fit, L: np.ndarray, method: str, kr_options: dict | None = None) -> tuple:
+    """Estimates, standard errors and df of the rows of L (m × p) for a resolved method."""
+    L = np.atleast_2d(np.asarray(L, float))
+    est = L @ fit.beta
+    if method == "kenward-roger":
+        kr = kenward_roger(fit, **(kr_options or {}))
+        V = kr.vcov_adj
+        df = kr.df(L)
+    else:
+        V = fit.vcov_beta
+        if method == "satterthwaite":
+            it = fit.internals
+            df = satterthwaite_df(L, V, it.dvcov, it.vcov_theta)
+        elif method == "residual":
+            df = np.full(L.shape[0], residual_df(fit))
+        else:
+            df = np.full(L.shape[0], np.inf)
+    var = np.einsum("ij,jk,ik->i", L, V, L)
+    return est, np.sqrt(np.maximum(var, 0.0)), np.asarray(df, float)
+
+
+def ftest(fit, L: np.ndarray, method: str, kr_options: dict | None = None) -> dict:
+    """F test of Lβ = 0: ``num_df, den_df, F_value, p_value`` (lmerTest's ``contestMD``)."""
+    L = np.atleast_2d(np.asarray(L, float))
+    if L.shape[0] == 0 or not np.any(L):
+        return {"num_df": 0, "den_df": np.nan, "F_value": np.nan, "p_value": np.nan}
+    if method == "kenward-roger":
+        out = kenward_roger(fit, **(kr_options or {})).ftest(L, fit.beta)
+        out = {k: out[k] for k in ("num_df", "den_df", "F_value")}
+    else:
+        Phi = fit.vcov_beta
+        VL = L @ Phi @ L.T
+        w, P = np.linalg.eigh(VL)
+        w, P = w[::-1], P[:, ::-1]                      # decreasing, as R's eigen()
+        keep = w > max(EIGEN_EPS * w[0], 0.0)
+        q = int(keep.sum())
+        if q == 0:
+            return {"num_df": 0, "den_df": np.nan, "F_value": np.nan, "p_value": np.nan}
+        PtL = P[:, keep].T @ L
+        F = float(np.sum((PtL @ fit.beta) ** 2 / w[keep]) / q)
+        if method == "satterthwaite":
+            it = fit.internals
+            ddf = satterthwaite_F_df(L, Phi, it.dvcov, it.vcov_theta)
+        elif method == "residual":
+            ddf = residual_df(fit)
+        else:
+            ddf = np.inf
+        out = {"num_df": q, "den_df": float(ddf), "F_value": F}
+    out["p_value"] = float(stats.f.sf(out["F_value"], out["num_df"], out["den_df"])) \
+        if np.isfinite(out["den_df"]) else float(stats.chi2.sf(out["F_value"] * out["num_df"],
+                                                                out["num_df"]))
+    return out
+
+
+# ------------------------------------------------------------ type-III contrasts --
+def _term_info(fit) -> tuple:
+    """(terms without the intercept, has_intercept, kind of each factor expression)."""
+    spec = fit.internals.design.fixed_spec
+    terms = [t for t in spec.terms if str(t) != "1"]
+    has_intercept = any(str(t) == "1" for t in spec.terms)
+    kinds = {}
+    for expr, (kind, _state) in spec.encoder_state.items():
+        kinds[expr] = "factor" if "categorical" in str(kind).lower() else "numeric"
+    return terms, has_intercept, kinds
+
+
+def _contains(term, other, kinds) -> bool:
+    """lmerTest's ``relatives``: ``other`` contains ``term`` (a superset of its variables
+    with the same numeric variables)."""
+    a = {f.expr for f in term.factors}
+    b = {f.expr for f in other.factors}
+    num_a = {v for v in a if kinds.get(v) == "numeric"}
+    num_b = {v for v in b if kinds.get(v) == "numeric"}
+    return a <= b and num_a == num_b
+
+
+def type3_contrasts(fit) -> dict:
+    """Type-III hypothesis matrices, {term: L (q × p)} on ``fit.fixed_names``."""
+    terms, has_intercept, kinds = _term_info(fit)
+    if not terms:
+        return {}
+    design = fit.internals.design
+    spec = design.fixed_spec
+    try:
+        mm = Formula(str(spec.formula)).get_model_matrix(
+            design.data, ensure_full_rank=False, output="sparse")
+    except Exception as exc:  # pragma: no cover - formulaic error types vary
+        raise DataError(f"cannot build the over-parameterized design for type-III tests: {exc}") from exc
+    rdX = np.asarray(mm.todense() if hasattr(mm, "todense") else mm, dtype=float)
+    names = [r_name(c) for c in mm.model_spec.column_names]
+    col_term = [None] * len(names)
+    for t, sl in mm.model_spec.term_slices.items():
+        for c in range(sl.start, sl.stop):
+            col_term[c] = "(Intercept)" if str(t) == "1" else str(t)
+    pos = {n: i for i, n in enumerate(names)}
+    missing = [n for n in fit.fixed_names if n not in pos]
+    if missing:
+        raise DataError(f"type-III tests: coefficients {missing} not found among the "
+                        "over-parameterized columns")
+    is_coef = np.array([pos[n] for n in fit.fixed_names])
+    # general set of estimable functions (lmerTest's general_L)
+    xtx = rdX.T @ rdX
+    g2 = np.zeros_like(xtx)
+    g2[np.ix_(is_coef, is_coef)] = np.linalg.inv(xtx[np.ix_(is_coef, is_coef)])
+    g2[np.abs(g2) < GINV_EPS] = 0.0
+    Lgen = g2 @ xtx
+    Lgen[np.abs(Lgen) < ENTRY_EPS] = 0.0
+    out = {}
+    for t in terms:
+        name = str(t)
+        relatives = [str(o) for o in terms if o is not t and _contains(t, o, kinds)]
+        term_cols = [c for c, ct in enumerate(col_term) if ct == name]
+        rel_cols = [c for c, ct in enumerate(col_term) if ct in relatives]
+        other = [c for c in range(len(names)) if c not in set(term_cols) | set(rel_cols)]
+        Lc = _type3_for_term(Lgen.copy(), term_cols, other)
+        out[name] = Lc[:, is_coef]
+    return out
+
+
+def _type3_for_term(L: np.ndarray, term_cols: list, other_cols: list) -> np.ndarray:
+    """Goodnight's elimination of the unrelated columns, then orthogonalization of the
+    rows that belong to containing terms only (lmerTest's ``contrast_type3SAS``)."""
+    for c in other_cols:
+        piv = np.flatnonzero(np.abs(L[:, c]) > PIVOT_EPS)
+        if piv.size:
+            r0 = piv[0]
+            L[r0] = L[r0] / L[r0, c]
+            for r in piv[1:]:
+                L[r] = L[r] - L[r, c] * L[r0]
+            L[r0] = 0.0
+    L = L[np.abs(L).sum(axis=1) > 0]
+    if L.shape[0] <= 1:
+        return L
+    tc = np.asarray(term_cols)
+    zero_rows = np.flatnonzero(np.abs(L[:, tc]).sum(axis=1) == 0)
+    for zr in zero_rows:
+        w = L[zr].copy()
+        ww = float(w @ w)
+        if ww > 0:
+            for i in range(L.shape[0]):
+                if i != zr and np.abs(L[i]).sum() != 0:
+                    L[i] = L[i] - (w @ L[i]) / ww * w
+        L[zr] = 0.0
+    L[np.abs(L) < ENTRY_EPS] = 0.0
+    return L[np.abs(L).sum(axis=1) != 0]
+
+
+# ---------------------------------------------------------------------- public --
+def anova(fit, df_method: str = "satterthwaite") -> pd.DataFrame:
+    """Type-III Wald F tests, one row per fixed-effects term (``lmerTest::anova(type=3)``).
+
+    Parameters
+    ----------
+    fit : mme.Fit
+    df_method : "satterthwaite" (default), "kenward-roger", "residual" or "asymptotic"
+
+    Returns
+    -------
+    DataFrame indexed by term with columns ``num_df, den_df, F_value, p_value``;
+    ``.attrs["heading"]`` names the method. An intercept-only model gives an empty table.
+    """
+    method = resolve_df_method(fit, df_method)
+    Ls = type3_contrasts(fit)
+    rows = {t: ftest(fit, L, method) for t, L in Ls.items()}
+    out = pd.DataFrame.from_dict(rows, orient="index",
+                                 columns=["num_df", "den_df", "F_value", "p_value"])
+    out.index.name = "term"
+    if len(out):
+        out["num_df"] = out["num_df"].astype(int)
+    label = {"satterthwaite": "Satterthwaite's", "kenward-roger": "Kenward-Roger's",
+             "residual": "residual", "asymptotic": "asymptotic (chi-square)"}[method]
+    out.attrs["heading"] = f"Type III Analysis of Variance Table with {label} method"
+    out.attrs["df_method"] = method
+    return out
+
+
+def confint(fit, level: float = 0.95, df_method: str = "satterthwaite") -> pd.DataFrame:
+    """Wald confidence intervals.
+
+    Fixed effects: β̂ ± t(df) · SE with the chosen df method (Kenward–Roger uses the
+    adjusted SE). Variance parameters: θ̂ ± z · SE with SE = sqrt(diag(AI⁻¹)) at the
+    estimate (Wald, symmetric; the bounds are not truncated at zero).
+
+    Returns
+    -------
+    DataFrame with columns ``estimate, lower, upper``; index: the fixed-effect names,
+    then ``var(group term)``, ``cov(group term1, term2)`` and ``var(Residual)``.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    method = resolve_df_method(fit, df_method)
+    p = len(fit.beta)
+    a = 0.5 * (1.0 + level)
+    frames = []
+    if p:
+        est, se, df = wald(fit, np.eye(p), method)
+        crit = np.where(np.isfinite(df), stats.t.ppf(a, np.where(np.isfinite(df), df, 1.0)),
+                        stats.norm.ppf(a))
+        frames.append(pd.DataFrame({"estimate": est, "lower": est - crit * se,
+                                    "upper": est + crit * se}, index=list(fit.fixed_names)))
+    vc = fit.variance_components
+    z = stats.norm.ppf(a)
+    names = []
+    for r in vc.itertuples():
+        if r.group == "Residual":
+            names.append("var(Residual)")
+        elif r.term2 == "":
+            names.append(f"var({r.group} {r.term1})")
+        else:
+            names.append(f"cov({r.group} {r.term1}, {r.term2})")
+    se = vc["std_error"].to_numpy(float)
+    est = vc["estimate"].to_numpy(float)
+    frames.append(pd.DataFrame({"estimate": est, "lower": est - z * se, "upper": est + z * se},
+                               index=names))
+    out = pd.concat(frames)
+    out.index.name = "parameter"
+    out.attrs["level"] = level
+    out.attrs["df_method"] = method
+    return out
