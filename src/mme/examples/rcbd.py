@@ -26,9 +26,13 @@ def main() -> None:
     df = load_kfert()
     fixed = mme.fit("yield ~ K2O_lbac + rep", data=df)
     random = mme.fit("yield ~ K2O_lbac + (1|rep)", data=df)
-    for title, f in (("Blocks fixed", fixed), ("Blocks random", random)):
+    for title, f in (("Blocks fixed", fixed), ("Blocks random (Kenward-Roger df)", random)):
         print(f"==== {title} " + "=" * (60 - len(title)))
         print(f.summary())
+        print()
+        em = f.emmeans("K2O_lbac", df_method="kenward-roger" if f.blocks else "residual")
+        print(em)
+        print(em.contrast({"c(1, 0, 0, 0, -1)": [1, 0, 0, 0, -1]}))
         print()
 
 
