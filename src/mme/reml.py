@@ -97,20 +97,6 @@ class Model:
             out += [a == b for a, b in s.pairs]
         return np.array(out + [True])
 
-    def project(self, theta: np.ndarray, rel: float = 1e-8) -> np.ndarray:
-        """θ with each G₀ (d > 1) projected onto the positive-definite cone:
-        eigenvalues below ``rel`` × the largest are raised to it."""
-        out, i = theta.copy(), 0
-        for s, m in zip(self.mme.structures, self.sizes):
-            if s.d > 1:
-                G = s.G0(theta[i:i + m])
-                w, V = np.linalg.eigh(G)
-                floor = rel * max(w[-1], 1e-300)
-                if w[0] < floor:
-                    out[i:i + m] = s.theta_of((V * np.maximum(w, floor)) @ V.T)
-            i += m
-        return out
-
     def feasible(self, theta: np.ndarray) -> bool:
         G0s, s2e = self.split(theta)
         return s2e > 0 and all(is_psd(G, 1e-12) for G in G0s)
@@ -281,9 +267,6 @@ def fit_variances(model: Model, theta0: np.ndarray | None = None, max_iter: int 
                 trial = theta + step * delta
                 low = var_mask & (trial < lb)
                 trial[low] = lb
-                if h == 0 and not model.feasible(trial):
-                    # a full step out of the PSD cone: try its projection first
-                    trial = model.project(trial)
                 if model.feasible(trial):
                     try:
                         cand = model.evaluate(trial)
