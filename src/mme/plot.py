@@ -1,0 +1,167 @@
+"""Plots of a fitted model (matplotlib, an optional extra: ``pip install mme[plot]``).
+
+- :func:`marginal_covariance`: V = ZGZ' + R of chosen rows as an image — the block
+  pattern shows which observations the random terms make covariant.
+- :func:`caterpillar`: BLUPs of one term, sorted, with ± z·√cond_var intervals.
+
+Each function draws on ``ax`` (a new figure when None) and returns the Axes.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+#: rows drawn by :func:`marginal_covariance` when ``rows`` is None
+DEFAULT_ROWS = 60
+#: at most this many tick labels per axis
+MAX_LABELS = 60
+
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("mme's plots need matplotlib: pip install mme[plot]") from exc
+    return plt
+
+
+def _new_axes(ax, size):
+    if ax is not None:
+        return ax
+    plt = _pyplot()
+    _, ax = plt.subplots(figsize=size, layout="constrained")
+    return ax
+
+
+def _thin_ticks(n: int) -> np.ndarray:
+    step = max(1, int(np.ceil(n / MAX_LABELS)))
+    return np.arange(0, n, step)
+
+
+def _default_rows(design) -> np.ndarray:
+    """The first DEFAULT_ROWS fitted rows in the order of the first grouping factor's
+    levels (a stable sort), so that its blocks appear on the diagonal."""
+    n = design.n
+    if n <= DEFAULT_ROWS:
+        return np.arange(n)
+    if design.blocks:
+        Z = design.blocks[0].Z.tocsr()
+        first_level = np.full(n, np.iinfo(np.int64).max)
+        rows = np.repeat(np.arange(n), np.diff(Z.indptr))
+        np.minimum.at(first_level, rows, Z.indices % design.blocks[0].n_levels)
+        order = np.argsort(first_level, kind="stable")
+    else:
+        order = np.arange(n)
+    return order[:DEFAULT_ROWS]
+
+
+def _row_labels(design, idx: np.ndarray) -> list:
+    """"<row label>: <level|level…>": the data's index and each grouping factor's level."""
+    index = design.data.index[idx]
+    parts = []
+    for b in design.blocks:
+        Z = b.Z[idx, :].tocsr()
+        lv = np.full(len(idx), "", dtype=object)
+        for i in range(len(idx)):
+            cols = Z.indices[Z.indptr[i]:Z.indptr[i + 1]]
+            if cols.size:
+                lv[i] = str(b.levels[cols[0] % b.n_levels])
+        parts.append(lv)
+    labels = []
+    for i, r in enumerate(index):
+        lv = "|".join(dict.fromkeys(p[i] for p in parts)) if parts else ""
+        labels.append(f"{r}: {lv}" if lv else f"{r}")
+    return labels
+
+
+def marginal_covariance(fit, rows=None, ax=None, cmap=None):
+    """Draw V = Σₖ Zₖ Gₖ Zₖ' + σ²ₑ I of chosen fitted rows as an image with a colorbar.
+
+    Parameters
+    ----------
+    fit : mme.Fit
+    rows : positions among the fitted rows (see :func:`mme.marginal.marginal_covariance`)
+        None: all rows when there are at most 60, else the first 60 rows in the
+        order of the first grouping factor's levels.
+    ax : matplotlib Axes, optional
+    cmap : str, optional
+        Default "Blues" (zero is white) when V ≥ 0, "RdBu_r" centred at 0 otherwise.
+
+    Returns
+    -------
+    matplotlib Axes. Rows are labelled "<data index>: <level of each grouping factor>".
+    """
+    from .marginal import _row_positions, marginal_covariance as _V
+
+    design = fit.internals.design
+    idx = _default_rows(design) if rows is None else _row_positions(rows, design.n)
+    V = _V(fit, idx).toarray()  # dense-ok: a plot of at most a few hundred rows
+    m = len(idx)
+    size = float(np.clip(2.5 + 0.12 * m, 4.5, 11.0))
+    ax = _new_axes(ax, (size + 1.2, size))
+    lo, hi = float(V.min()), float(V.max())
+    if lo < 0:
+        vmax = max(abs(lo), abs(hi))
+        img = ax.imshow(V, cmap=cmap or "RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+    else:
+        img = ax.imshow(V, cmap=cmap or "Blues", vmin=0.0, vmax=hi, interpolation="nearest")
+    ax.figure.colorbar(img, ax=ax, shrink=0.8, label="covariance")
+    labels = _row_labels(design, idx)
+    ticks = _thin_ticks(m)
+    fontsize = 7 if m > 30 else 8
+    ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=fontsize)
+    ax.set_xticks(ticks, [labels[i] for i in ticks], fontsize=fontsize, rotation=90)
+    groups = "|".join(dict.fromkeys(b.group for b in design.blocks))
+    ax.set_ylabel(f"row: {groups}" if groups else "row", fontsize=8)
+    ax.set_title(f"Marginal covariance V = ZGZ' + R\n{m} of {design.n} rows of {fit.formula}",
+                 fontsize=9)
+    return ax
+
+
+def caterpillar(fit, group: str, term: str = "(Intercept)", level: float = 0.95, ax=None):
+    """Draw the BLUPs of one random term, sorted, with ± z·√cond_var intervals.
+
+    Parameters
+    ----------
+    fit : mme.Fit
+    group : str
+        Grouping factor as named in ``fit.random_effects["group"]`` (``"Subject"``).
+    term : str
+        ``"(Intercept)"`` or a slope name (``"Days"``).
+    level : float
+        Coverage of the intervals, z = Φ⁻¹((1 + level)/2). The intervals use
+        ``cond_var`` = Var(u | y, β = β̂), as lme4's ``dotplot(ranef(m, condVar=TRUE))``.
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib Axes; levels on the y axis (labelled when at most 60), BLUPs on x.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    re = fit.random_effects
+    sel = re[(re["group"] == group) & (re["term"] == term)]
+    if sel.empty:
+        pairs = sorted(set(zip(re["group"], re["term"])))
+        raise KeyError(f"no random effects for group {group!r}, term {term!r}; "
+                       f"the fit has (group, term) {pairs}")
+    sel = sel.sort_values("blup", kind="stable")
+    blup = sel["blup"].to_numpy()
+    z = float(stats.norm.ppf(0.5 + level / 2.0))
+    half = z * np.sqrt(np.maximum(sel["cond_var"].to_numpy(), 0.0))
+    n = len(sel)
+    ax = _new_axes(ax, (5.5, float(np.clip(1.2 + 0.16 * n, 3.0, 12.0))))
+    pos = np.arange(n)
+    ax.axvline(0.0, color="0.55", lw=0.8, ls="--", zorder=1)
+    ax.errorbar(blup, pos, xerr=half, fmt="o", ms=3.5 if n <= 100 else 2.0, color="C0",
+                ecolor="C0", elinewidth=1.0 if n <= 100 else 0.5, capsize=0, zorder=2)
+    ticks = _thin_ticks(n) if n <= 4 * MAX_LABELS else np.zeros(0, int)
+    levels = [str(v) for v in sel["level"]]
+    ax.set_yticks(ticks, [levels[i] for i in ticks], fontsize=8 if n <= 40 else 6)
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_ylabel(f"{group} (sorted by BLUP)")
+    ax.set_xlabel(f"BLUP ± {z:.2f}·√cond_var  ({level:.0%} intervals)")
+    ax.set_title(f"{group}: {term}", fontsize=10)
+    ax.grid(axis="x", color="0.9", lw=0.6)
+    ax.set_axisbelow(True)
+    return ax

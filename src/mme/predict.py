@@ -1,0 +1,247 @@
+"""Predictions from a fitted model for new data: ŷ = X_new β̂ + Σₖ Z_new,k ûₖ.
+
+The fixed part re-applies the fit's formulaic model spec (same levels, contrasts
+and stateful transforms) to the new rows; columns that were aliased in the fit are
+dropped the same way. Each random term's columns (intercept, slopes) are evaluated
+on the new rows with a spec learnt on the fitted rows, and multiplied by the BLUPs
+of the rows' levels. A level of a grouping factor that the fit has not seen gets
+the effect 0 — a population-level prediction, as lme4's
+``predict(..., allow.new.levels = TRUE)`` — and a warning says how many rows and
+levels that concerns.
+
+Rows with a missing value in a column the prediction needs get NaN (R's
+``na.action = na.pass``).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from formulaic import Formula
+
+from ._errors import DataError, FormulaError
+from .design import _term_variables, r_name
+from .formula import parse_formula
+from .pedigree import normalize_ids
+
+#: how many unseen labels a message lists
+_SHOW = 5
+
+
+def predict(fit, newdata: pd.DataFrame | None = None, include_random: bool = True) -> pd.Series:
+    """Predicted values X β̂ (+ Z û) for new rows.
+
+    Parameters
+    ----------
+    fit : mme.Fit
+    newdata : DataFrame, optional
+        Needs the columns of the fixed part, and with ``include_random`` those of
+        the random terms and their grouping factors; the response is not needed.
+        None gives the fitted values (X β̂ + Z û, or X β̂) of the rows used in the fit.
+    include_random : bool
+        True: conditional predictions X β̂ + Σₖ Zₖ ûₖ. False: population-level X β̂.
+
+    Returns
+    -------
+    pandas.Series (float), indexed like ``newdata`` (like the fitted rows when
+    ``newdata`` is None), named ``"predicted"``.
+
+    Raises
+    ------
+    DataError
+        A needed column is missing, a fixed-effect factor has a level the fit has
+        not seen, or a numeric column is not numeric.
+
+    Warns
+    -----
+    UserWarning
+        When rows carry levels of a grouping factor unseen in the fit: their
+        effects for that factor are 0.
+    """
+    if not isinstance(include_random, (bool, np.bool_)):
+        raise TypeError(f"include_random must be True or False, got {include_random!r}")
+    design = fit.internals.design
+    if newdata is None:
+        values = fit.fitted() if include_random else _xbeta(fit, design.X)
+        return pd.Series(values, index=design.data.index, name="predicted")
+    if not isinstance(newdata, pd.DataFrame):
+        raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
+    terms = parse_formula(fit.formula).random if include_random else ()
+    needed = _needed_columns(design.fixed_spec, terms)
+    missing = [c for c in needed if c not in newdata.columns]
+    if missing:
+        raise DataError(f"newdata lacks column(s) {missing} needed to predict from "
+                        f"'{fit.formula}' (it has: {list(newdata.columns)[:20]})")
+    frame = _coerce_fixed_factors(design.fixed_spec, newdata)
+    complete = ~frame[needed].isna().any(axis=1).to_numpy() if needed else np.ones(len(frame), bool)
+    out = np.full(len(frame), np.nan)
+    rows = frame.loc[complete] if not complete.all() else frame
+    if len(rows):
+        eta = _xbeta(fit, _fixed_matrix(design, rows))
+        for term, block in zip(terms, fit.blocks):
+            eta += _random_part(design, term, block, rows)
+        out[complete] = eta
+    return pd.Series(out, index=newdata.index, name="predicted")
+
+
+# -- fixed part ------------------------------------------------------------------
+def _xbeta(fit, X) -> np.ndarray:
+    if X.shape[1] == 0:
+        return np.zeros(X.shape[0])
+    return np.asarray(X @ fit.beta, dtype=float).ravel()
+
+
+def _needed_columns(spec, terms) -> list:
+    cols = sorted(spec.required_variables)
+    for t in terms:
+        cols += sorted(_term_variables(t.expr)) + list(t.factors)
+    return list(dict.fromkeys(cols))
+
+
+def _categorical_states(spec) -> dict:
+    """{column: levels} for the plain columns the spec encodes as categorical."""
+    out = {}
+    for name, (kind, state) in spec.encoder_state.items():
+        if getattr(kind, "value", kind) == "categorical" and "categories" in state:
+            out[name] = list(state["categories"])
+    return out
+
+
+def _label_key(v) -> str:
+    """A comparable label: 36, 36.0 and "36" all give "36"."""
+    if isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
+        return str(int(v))
+    if isinstance(v, (np.integer, np.floating, np.str_)):
+        v = v.item()
+    return str(v)
+
+
+def _coerce_fixed_factors(spec, newdata: pd.DataFrame) -> pd.DataFrame:
+    """Copy of ``newdata`` whose fixed-effect factor columns are Categoricals on the
+    fit's levels. Values are matched exactly, then by their labels (so "36" matches
+    the level 36); a value matching no level raises DataError naming the column."""
+    frame = newdata.copy(deep=False)
+    for col, levels in _categorical_states(spec).items():
+        if col not in frame.columns:
+            continue  # an expression such as C(a); formulaic checks it (see _fixed_matrix)
+        values = frame[col].astype(object)
+        by_label = {_label_key(v): v for v in levels}
+        level_set = set(levels)
+        lookup, unseen = {}, []
+        for v in pd.unique(values.dropna()):
+            if v in level_set:
+                lookup[v] = v
+            elif _label_key(v) in by_label:
+                lookup[v] = by_label[_label_key(v)]
+            else:
+                unseen.append(v)
+        if unseen:
+            raise DataError(
+                f"fixed-effect factor {col!r} has level(s) not seen in the fit: "
+                f"{unseen[:_SHOW]}{' ...' if len(unseen) > _SHOW else ''} "
+                f"(levels in the fit: {levels[:20]})")
+        frame[col] = pd.Categorical(values.map(lookup), categories=levels)
+    return frame
+
+
+def _fixed_matrix(design, rows: pd.DataFrame) -> sp.csc_matrix:
+    """X for new rows, with the fit's columns (aliased ones dropped), in its order."""
+    spec = design.fixed_spec
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", _data_mismatch_warning())
+            mm = spec.get_model_matrix(rows, output="sparse")
+    except Exception as exc:
+        raise DataError(f"cannot build the fixed-effects matrix for new data "
+                        f"('{spec.formula}'): {exc}") from exc
+    names = [r_name(c) for c in mm.model_spec.column_names]
+    pos = {n: i for i, n in enumerate(names)}
+    lost = [n for n in design.fixed_names if n not in pos]
+    if lost:
+        raise DataError(f"new data give no column(s) {lost} of the fixed effects")
+    X = sp.csc_matrix(mm, dtype=float)
+    return X[:, [pos[n] for n in design.fixed_names]]
+
+
+def _data_mismatch_warning():
+    try:
+        from formulaic.errors import DataMismatchWarning
+        return DataMismatchWarning
+    except ImportError:  # pragma: no cover - older formulaic
+        return UserWarning
+
+
+# -- random part -----------------------------------------------------------------
+def _term_matrix(design, term, rows: pd.DataFrame) -> tuple:
+    """The term's columns (n_new × d) with a spec learnt on the fitted rows, so that
+    stateful transforms (``center(x)``) keep the fit's centring."""
+    for v in sorted(_term_variables(term.expr)):
+        col = rows[v]
+        if not pd.api.types.is_numeric_dtype(col) or col.dtype == bool:
+            raise DataError(f"random slope variable {v!r} in ({term.expr} | {term.group}) "
+                            f"must be numeric in newdata, it is {col.dtype}")
+    try:
+        spec = Formula(term.expr).get_model_matrix(design.data, output="pandas").model_spec
+        mm = spec.get_model_matrix(rows, output="pandas")
+    except Exception as exc:
+        raise FormulaError(f"cannot evaluate random term ({term.expr} | {term.group}) "
+                           f"on newdata: {exc}") from exc
+    return np.asarray(mm, dtype=float), tuple(r_name(c) for c in mm.model_spec.column_names)
+
+
+def _group_keys(rows: pd.DataFrame, factors: tuple, normalise: bool) -> np.ndarray:
+    """Fallback labels of the (interacted) grouping factor for each row, ":"-joined:
+    integral floats written as integers (308.0 → "308"), or, with ``normalise``, the
+    pedigree's id normalisation (the labels of a relationship matrix)."""
+    parts = []
+    for f in factors:
+        vals = rows[f].to_numpy(dtype=object)
+        if normalise:
+            try:
+                parts.append(np.asarray(normalize_ids(rows[f]), dtype=object))
+                continue
+            except Exception:  # booleans, mixed objects: keep the plain labels
+                pass
+        parts.append(np.array([_label_key(v) for v in vals], dtype=object))
+    if len(parts) == 1:
+        return parts[0]
+    return np.array([":".join(p) for p in zip(*parts)], dtype=object)
+
+
+def _level_codes(block, rows: pd.DataFrame, factors: tuple) -> np.ndarray:
+    """Index of each row's level among ``block.levels``; −1 for a level not in the fit.
+
+    Tries the fit's own labels (``str`` of the value), then integral floats as
+    integers, then the pedigree's normalisation (ids of a relationship matrix)."""
+    plain = rows[factors[0]].astype(object).map(str)
+    for f in factors[1:]:
+        plain = plain + ":" + rows[f].astype(object).map(str)
+    plain = plain.to_numpy(dtype=object)
+    codes = block.levels.get_indexer(plain)
+    for normalise in (False, True):
+        todo = codes < 0
+        if not todo.any():
+            break
+        alt = block.levels.get_indexer(_group_keys(rows.loc[todo], factors, normalise))
+        codes[todo] = alt
+    return codes
+
+
+def _random_part(design, term, block, rows: pd.DataFrame) -> np.ndarray:
+    T, names = _term_matrix(design, term, rows)
+    if names != tuple(block.terms):
+        raise FormulaError(f"random term ({term.expr} | {term.group}) gives columns {names} "
+                           f"on newdata, the fit has {block.terms}")
+    codes = _level_codes(block, rows, term.factors)
+    new = codes < 0
+    if new.any():
+        labels = pd.unique(pd.Series(_group_keys(rows.loc[new], term.factors, False)))
+        warnings.warn(
+            f"{int(new.sum())} of {len(rows)} rows have {len(labels)} level(s) of "
+            f"{term.group!r} not in the fit (e.g. {list(labels[:_SHOW])}); their "
+            f"({term.expr} | {term.group}) effects are set to 0 (population level)",
+            UserWarning, stacklevel=4)
+    U = block.blup[:, np.where(new, 0, codes)]          # d × n_new
+    return np.where(new, 0.0, np.einsum("ij,ji->i", T, U))

@@ -1,0 +1,373 @@
+"""predict, the marginal covariance V, invariances of a fit, bad input, and plots.
+
+Tolerances: predictions and V are compared with dense NumPy algebra on the same
+fitted parameters (round-off only, ``RTOL_EXACT``); fits of permuted or relabelled
+data with the fit of the original data (the REML path is the same up to round-off
+in the sums, ``RTOL_INVARIANT``).
+"""
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mme
+from mme import marginal
+from conftest import DATA, load_case
+
+#: predictions and V against dense algebra on the same parameters
+RTOL_EXACT = 1e-12
+#: predict(newdata = fitted data) against fit.fitted() (issue 4)
+ATOL_PREDICT = 1e-10
+#: variance components, logLik, fixed effects, BLUPs after permuting rows / relabelling levels
+RTOL_INVARIANT = 1e-8
+
+ALL_CASES = ["kfert_random", "dyestuff", "penicillin", "pastes", "cake_splitplot",
+             "sleepstudy_us", "sleepstudy_diag"]
+
+
+def _mrode_fit():
+    ex = json.loads((DATA / "mrode_3_1.json").read_text())
+    ped = mme.Pedigree.from_frame(pd.DataFrame(ex["pedigree"]))
+    data = pd.DataFrame(ex["data"])
+    fit = mme.fit("wwg ~ 0 + sex + (1|id)", data, relmat={"id": ped}, variances=ex["variances"])
+    return ex, ped, data, fit
+
+
+def _xbeta_dense(fit):
+    X = fit.internals.design.X.toarray()
+    return X @ fit.beta
+
+
+# -- predict ---------------------------------------------------------------------
+@pytest.mark.parametrize("name", ALL_CASES)
+def test_predict_on_fitted_data_equals_fitted(lme4_fit, name):
+    _, fit = lme4_fit(name)
+    _, df = load_case(name)
+    pred = fit.predict(df)
+    assert isinstance(pred, pd.Series)
+    assert pred.index.equals(df.index)
+    np.testing.assert_allclose(pred.to_numpy(), fit.fitted(), rtol=0, atol=ATOL_PREDICT)
+
+
+def test_predict_none_gives_fitted_values(lme4_fit):
+    _, fit = lme4_fit("sleepstudy_us")
+    np.testing.assert_array_equal(fit.predict().to_numpy(), fit.fitted())
+    np.testing.assert_allclose(fit.predict(include_random=False).to_numpy(), _xbeta_dense(fit),
+                               rtol=RTOL_EXACT)
+
+
+def test_predict_population_level(lme4_fit):
+    _, fit = lme4_fit("sleepstudy_us")
+    _, df = load_case("sleepstudy_us")
+    xb = fit.beta[0] + fit.beta[1] * df["Days"].to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no new-level warning when the random part is off
+        pred = fit.predict(df, include_random=False)
+    np.testing.assert_allclose(pred.to_numpy(), xb, rtol=RTOL_EXACT)
+
+
+def test_predict_new_levels_get_population_prediction(lme4_fit):
+    _, fit = lme4_fit("sleepstudy_us")
+    _, df = load_case("sleepstudy_us")
+    new = df.copy()
+    new["Subject"] = "new_" + df["Subject"].astype(str)
+    with pytest.warns(UserWarning, match=r"180 of 180 rows have 18 level\(s\) of 'Subject'"):
+        pred = fit.predict(new)
+    np.testing.assert_allclose(pred.to_numpy(), _xbeta_dense(fit), rtol=RTOL_EXACT)
+
+
+def test_predict_mixes_known_and_new_levels(lme4_fit):
+    _, fit = lme4_fit("sleepstudy_us")
+    re = fit.random_effects.pivot(index="level", columns="term", values="blup")
+    new = pd.DataFrame({"Days": [0.0, 4.5, 9.0, 2.0],
+                        "Subject": [308, "308", "999", 330]},  # ints and strings both match
+                       index=["a", "b", "c", "d"])
+    with pytest.warns(UserWarning, match=r"1 of 4 rows have 1 level\(s\).*\['999'\]"):
+        pred = fit.predict(new)
+    b0, b1 = fit.beta
+    want = [b0 + re.loc["308", "(Intercept)"],
+            b0 + re.loc["308", "(Intercept)"] + 4.5 * (b1 + re.loc["308", "Days"]),
+            b0 + 9.0 * b1,
+            b0 + re.loc["330", "(Intercept)"] + 2.0 * (b1 + re.loc["330", "Days"])]
+    assert list(pred.index) == ["a", "b", "c", "d"]
+    np.testing.assert_allclose(pred.to_numpy(), want, rtol=RTOL_EXACT)
+
+
+def test_predict_interaction_group(lme4_fit):
+    _, fit = lme4_fit("pastes")  # (1|batch/cask) = (1|cask:batch) + (1|batch)
+    re = fit.random_effects.set_index(["group", "level"])["blup"]
+    new = pd.DataFrame({"batch": ["A", "B", "Z"], "cask": ["a", "c", "a"]})
+    with pytest.warns(UserWarning) as caught:
+        pred = fit.predict(new)
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2
+    assert "1 of 3 rows have 1 level(s) of 'batch'" in messages[0]
+    assert "1 of 3 rows have 1 level(s) of 'cask:batch' not in the fit (e.g. ['a:Z'])" in messages[1]
+    b0 = fit.beta[0]
+    want = [b0 + re[("cask:batch", "a:A")] + re[("batch", "A")],
+            b0 + re[("cask:batch", "c:B")] + re[("batch", "B")],
+            b0]
+    np.testing.assert_allclose(pred.to_numpy(), want, rtol=RTOL_EXACT)
+
+
+def test_predict_pedigree_animals_without_records():
+    ex, _, data, fit = _mrode_fit()
+    np.testing.assert_allclose(fit.predict(data).to_numpy(), fit.fitted(), rtol=0,
+                               atol=ATOL_PREDICT)
+    blup = ex["expected"]["blup_id"]
+    sex = ex["expected"]["sex"]
+    # ancestors 1 and 3 have no records but have BLUPs through A; ids may come as ints
+    new = pd.DataFrame({"id": [1, "3"], "sex": ["M", "F"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pred = fit.predict(new)
+    np.testing.assert_allclose(pred.to_numpy(), [sex["M"] + blup["1"], sex["F"] + blup["3"]],
+                               atol=1e-6)  # the published values have 6+ digits
+
+
+def test_predict_fixed_factor_levels_and_missing_values(lme4_fit):
+    _, fit = lme4_fit("kfert_random")
+    fe = fit.fixed_effects["estimate"]
+    new = pd.DataFrame({"K2O_lbac": ["36", 108, 144.0, np.nan], "rep": [1, 2, 3, 1]})
+    pred = fit.predict(new, include_random=False)
+    want = [fe["(Intercept)"], fe["(Intercept)"] + fe["K2O_lbac108"],
+            fe["(Intercept)"] + fe["K2O_lbac144"]]
+    np.testing.assert_allclose(pred.to_numpy()[:3], want, rtol=RTOL_EXACT)
+    assert np.isnan(pred.iloc[3])  # R's na.pass: a missing covariate gives NA
+
+
+def test_predict_unseen_fixed_level_is_a_data_error(lme4_fit):
+    _, fit = lme4_fit("kfert_random")
+    with pytest.raises(mme.DataError, match=r"'K2O_lbac'.*\[999\]"):
+        fit.predict(pd.DataFrame({"K2O_lbac": [36, 999], "rep": [1, 1]}))
+
+
+def test_predict_missing_column_is_a_data_error(lme4_fit):
+    _, fit = lme4_fit("sleepstudy_us")
+    _, df = load_case("sleepstudy_us")
+    with pytest.raises(mme.DataError, match=r"\['Days'\]"):
+        fit.predict(df.drop(columns="Days"))
+    with pytest.raises(mme.DataError, match=r"\['Subject'\]"):
+        fit.predict(df.drop(columns="Subject"))
+    # the grouping factor is not needed for population-level predictions
+    fit.predict(df.drop(columns="Subject"), include_random=False)
+
+
+def test_predict_non_numeric_slope_is_a_data_error(lme4_fit):
+    _, fit = lme4_fit("sleepstudy_us")
+    _, df = load_case("sleepstudy_us")
+    bad = df.assign(Days=df["Days"].astype(str))
+    with pytest.raises(mme.DataError, match="'Days'"):
+        fit.predict(bad)
+
+
+# -- marginal covariance ---------------------------------------------------------
+def _dense_V(fit, rows):
+    """Σ Z (G₀ ⊗ K) Z' + σ²ₑ I on all rows, dense, then the chosen rows and columns."""
+    design = fit.internals.design
+    G0s, s2e = fit.internals.model.split(fit.internals.theta)
+    V = s2e * np.eye(design.n)
+    for b, G0 in zip(design.blocks, G0s):
+        K = np.linalg.inv(b.Kinv.toarray())
+        Z = b.Z.toarray()
+        V += Z @ np.kron(G0, K) @ Z.T
+    return V[np.ix_(rows, rows)]
+
+
+@pytest.mark.parametrize("name", ["sleepstudy_us", "sleepstudy_diag", "penicillin", "pastes"])
+def test_marginal_covariance_matches_dense(lme4_fit, name):
+    _, fit = lme4_fit(name)
+    n = fit.nobs
+    for rows in (None, [5, 0, 17, n - 1, 5], np.arange(n) % 3 == 0):
+        got = fit.marginal_covariance(rows)
+        idx = np.arange(n) if rows is None else (
+            np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows))
+        want = _dense_V(fit, idx)
+        assert got.shape == (len(idx), len(idx))
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(got.toarray(), want, rtol=RTOL_EXACT, atol=RTOL_EXACT * scale)
+
+
+def test_marginal_covariance_is_sparse_for_independent_groups(lme4_fit):
+    _, fit = lme4_fit("sleepstudy_us")
+    V = fit.marginal_covariance()
+    assert V.nnz == 18 * 10 * 10  # 18 subjects × 10 × 10 days, nothing else stored
+
+
+def test_marginal_covariance_pedigree_mrode():
+    ex, ped, data, fit = _mrode_fit()
+    A = np.linalg.inv(ped.ainverse().toarray())
+    block = fit.internals.design.blocks[0]
+    Z = block.Z.toarray()
+    want = Z @ A @ Z.T * ex["variances"]["id"] + ex["variances"]["Residual"] * np.eye(len(data))
+    got = fit.marginal_covariance().toarray()
+    np.testing.assert_allclose(got, want, rtol=RTOL_EXACT, atol=RTOL_EXACT * np.abs(want).max())
+    sub = [3, 1]
+    np.testing.assert_allclose(fit.marginal_covariance(sub).toarray(), want[np.ix_(sub, sub)],
+                               rtol=RTOL_EXACT)
+
+
+def test_relationship_submatrix_solves_in_blocks(monkeypatch):
+    _, ped, _, _ = _mrode_fit()
+    Ainv = ped.ainverse()
+    A = np.linalg.inv(Ainv.toarray())
+    S = np.array([7, 0, 3, 4])
+    monkeypatch.setattr(marginal, "_SOLVE_BYTES", 8 * Ainv.shape[0])  # one column per solve
+    np.testing.assert_allclose(marginal.relationship_submatrix(Ainv, S), A[np.ix_(S, S)],
+                               rtol=RTOL_EXACT, atol=RTOL_EXACT)
+
+
+def test_marginal_covariance_row_limit(lme4_fit, monkeypatch):
+    _, fit = lme4_fit("dyestuff")
+    with pytest.raises(mme.DataError, match="force=True"):
+        marginal.marginal_covariance(fit, np.zeros(marginal.MAX_ROWS + 1, dtype=int))
+    monkeypatch.setattr(marginal, "MAX_ROWS", 10)
+    with pytest.raises(mme.DataError, match="30 rows"):
+        marginal.marginal_covariance(fit)
+    assert marginal.marginal_covariance(fit, force=True).shape == (30, 30)
+    with pytest.raises(mme.DataError, match=r"\[30\]"):
+        marginal.marginal_covariance(fit, [0, 30])
+
+
+# -- invariances -----------------------------------------------------------------
+def _summary(fit):
+    vc = fit.variance_components.set_index(["group", "term1", "term2"])["estimate"]
+    fe = fit.fixed_effects["estimate"]
+    re = fit.random_effects.set_index(["group", "term", "level"])["blup"]
+    return vc, fe, re, fit.loglik
+
+
+def _assert_same_fit(a, b, relabel=None):
+    vc_a, fe_a, re_a, ll_a = _summary(a)
+    vc_b, fe_b, re_b, ll_b = _summary(b)
+    assert b.converged
+    assert ll_b == pytest.approx(ll_a, rel=RTOL_INVARIANT)
+    pd.testing.assert_series_equal(vc_b.sort_index(), vc_a.sort_index(), rtol=RTOL_INVARIANT,
+                                   atol=0, check_exact=False)
+    pd.testing.assert_series_equal(fe_b, fe_a, rtol=RTOL_INVARIANT, atol=0, check_exact=False)
+    if relabel is not None:  # the BLUP of old level x is the BLUP of new level relabel[group][x]
+        keys = [(g, t, relabel.get(g, {}).get(lv, lv)) for g, t, lv in re_a.index]
+        re_a = pd.Series(re_a.to_numpy(), index=pd.MultiIndex.from_tuples(keys, names=re_a.index.names))
+    re_b = re_b.loc[re_a.index]
+    # relative to the spread of the group's BLUPs (a BLUP near 0 has no relative accuracy)
+    scale = re_a.abs().groupby(level=["group", "term"]).transform("max").to_numpy()
+    err = np.abs(re_b.to_numpy() - re_a.to_numpy())
+    assert np.all(err <= RTOL_INVARIANT * scale), (err / scale).max()
+
+
+@pytest.mark.parametrize("name", ["sleepstudy_us", "penicillin"])
+def test_row_permutation_changes_nothing(lme4_fit, name):
+    ref, fit = lme4_fit(name)
+    _, df = load_case(name)
+    perm = np.random.default_rng(20240401).permutation(len(df))
+    refit = mme.fit(ref["formula"], df.iloc[perm], method=ref["method"])
+    _assert_same_fit(fit, refit)
+    # fitted values follow their rows
+    np.testing.assert_allclose(refit.fitted(), fit.fitted()[perm], rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["sleepstudy_us", "penicillin"])
+def test_relabelled_levels_change_nothing(lme4_fit, name):
+    ref, fit = lme4_fit(name)
+    _, df = load_case(name)
+    factors = ref["factors"] if isinstance(ref["factors"], list) else [ref["factors"]]
+    rng = np.random.default_rng(7)
+    relabel, new = {}, df.copy()
+    for f in factors:
+        old = [str(v) for v in df[f].cat.categories]
+        # "S<random number>": new labels sort in a different order than the old ones
+        codes = rng.permutation(len(old))
+        relabel[f] = {o: f"S{c:03d}" for o, c in zip(old, codes)}
+        new[f] = df[f].astype(str).map(relabel[f])
+    assert [relabel[factors[0]][o] for o in sorted(relabel[factors[0]])] != \
+        sorted(relabel[factors[0]].values())
+    refit = mme.fit(ref["formula"], new, method=ref["method"])
+    _assert_same_fit(fit, refit, relabel=relabel)
+
+
+# -- bad input -------------------------------------------------------------------
+def test_missing_grouping_factor_is_named():
+    _, df = load_case("sleepstudy_us")
+    with pytest.raises(mme.FormulaError, match="Patient"):
+        mme.fit("Reaction ~ Days + (Days|Patient)", df)
+
+
+def test_non_numeric_slope_is_named():
+    _, df = load_case("sleepstudy_us")
+    df["DayName"] = "day" + df["Days"].astype(str)
+    with pytest.raises(mme.DataError, match="'DayName'"):
+        mme.fit("Reaction ~ Days + (DayName|Subject)", df)
+
+
+def _more_slopes_than_observations():
+    """30 groups × 2 rows; (1 + x1 + x2 + x3 | g) has 4 effects per group: 120 > 60.
+    lme4 stops: "number of observations (=60) <= number of random effects (=120)"."""
+    rng = np.random.default_rng(1)
+    g = np.repeat([f"g{i:02d}" for i in range(30)], 2)
+    df = pd.DataFrame({"g": g, "x1": rng.normal(size=60), "x2": rng.normal(size=60),
+                       "x3": rng.normal(size=60)})
+    df["y"] = 1 + 0.5 * df["x1"] + rng.normal(size=60) + np.repeat(rng.normal(size=30), 2)
+    return df
+
+
+def test_more_random_effects_than_observations_is_refused():
+    """lme4's check.nobs.vs.nRE: 60 observations cannot identify 120 random effects."""
+    df = _more_slopes_than_observations()
+    with pytest.raises(mme.DataError, match=r"observations \(=60\) <= number of random effects "
+                                            r"\(=120\).*\| g\)"):
+        mme.fit("y ~ x1 + (1 + x1 + x2 + x3 | g)", df)
+
+
+# -- plots -----------------------------------------------------------------------
+@pytest.fixture
+def pyplot():
+    mpl = pytest.importorskip("matplotlib")
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+    yield plt
+    plt.close("all")
+
+
+def test_plot_marginal_covariance(lme4_fit, pyplot):
+    from mme import plot
+    _, fit = lme4_fit("sleepstudy_us")
+    ax = plot.marginal_covariance(fit)
+    img = ax.get_images()[0].get_array()
+    assert img.shape == (60, 60)  # first 60 rows in Subject order
+    np.testing.assert_allclose(img, fit.marginal_covariance(np.arange(60)).toarray())
+    assert len(ax.figure.axes) == 2  # the image and its colorbar
+    assert ax.get_yticklabels()[0].get_text() == "0: 308"
+    _, ax2 = pyplot.subplots()
+    assert plot.marginal_covariance(fit, rows=[0, 10, 20], ax=ax2) is ax2
+
+
+def test_plot_marginal_covariance_pedigree(pyplot):
+    from mme import plot
+    _, _, data, fit = _mrode_fit()
+    ax = plot.marginal_covariance(fit)
+    assert ax.get_images()[0].get_array().shape == (len(data), len(data))
+
+
+def test_plot_caterpillar(lme4_fit, pyplot):
+    from mme import plot
+    _, fit = lme4_fit("sleepstudy_us")
+    ax = plot.caterpillar(fit, "Subject", "Days", level=0.9)
+    x = ax.lines[-1].get_xdata()  # the BLUP markers, sorted
+    assert len(x) == 18 and np.all(np.diff(x) >= 0)
+    assert "Days" in ax.get_title()
+    with pytest.raises(KeyError, match="Patient"):
+        plot.caterpillar(fit, "Patient")
+    with pytest.raises(ValueError, match="level"):
+        plot.caterpillar(fit, "Subject", level=95)
+
+
+def test_plot_needs_matplotlib(lme4_fit, monkeypatch):
+    import sys
+    from mme import plot
+    _, fit = lme4_fit("dyestuff")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r"pip install mme\[plot\]"):
+        plot.caterpillar(fit, "Batch")
