@@ -32,7 +32,7 @@ class PatternError(RuntimeError):
 
 
 def selected_inverse(idx_t[::1] indptr, idx_t[::1] indices, const double[::1] Lx,
-                     double[::1] Zx_out):
+                     double[::1] Zx_out, Py_ssize_t stop=-1):
     """Entries of C^-1 on the pattern of L, where C = L L'.
 
     Parameters
@@ -41,6 +41,8 @@ def selected_inverse(idx_t[::1] indptr, idx_t[::1] indices, const double[::1] Lx
         row indices sorted within each column, the diagonal first.
     Lx : (nnz,) values of L.
     Zx_out : (nnz,) output; ``Zx_out[k]`` = (C^-1)[indices[k], col(k)].
+    stop : columns ``stop ... n-1`` are taken as already computed in Zx_out
+        (e.g. a dense trailing block inverted with BLAS-3); -1 means none.
 
     Notes
     -----
@@ -55,13 +57,14 @@ def selected_inverse(idx_t[::1] indptr, idx_t[::1] indices, const double[::1] Lx
     """
     cdef Py_ssize_t n = indptr.shape[0] - 1
     cdef Py_ssize_t j, a, b, m, p0, p1, q, qend, k, i
+    cdef Py_ssize_t first = n - 1 if stop < 0 else stop - 1
     cdef double d, lk, zik, s
     cdef int bad = 0
     cdef Py_ssize_t bad_col = -1
     if Lx.shape[0] != indices.shape[0] or Zx_out.shape[0] != indices.shape[0]:
         raise ValueError("Lx, indices and Zx_out must have the same length")
     with nogil:
-        for j in range(n - 1, -1, -1):
+        for j in range(first, -1, -1):
             p0 = indptr[j]
             p1 = indptr[j + 1]
             if p1 <= p0 or indices[p0] != j or Lx[p0] <= 0.0:

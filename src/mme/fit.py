@@ -192,8 +192,11 @@ def _assemble(formula, design, model, theta, ev, n_iter, converged, history, at_
     vcov_beta = F[:p].copy()
     blocks = []
     if mme.structures:
-        diag = np.arange(p, mme.dim, dtype=np.int64)
-        cuu = mme.selected_inverse(diag, diag)
+        if ev.cuu_diag is not None:
+            cuu = ev.cuu_diag
+        else:
+            diag = np.arange(p, mme.dim, dtype=np.int64)
+            cuu = mme.selected_inverse(diag, diag)
         Fu = F[p:]
         cond = cuu - (np.einsum("ij,jk,ik->i", Fu, np.linalg.inv(vcov_beta), Fu) if p else 0.0)
         G0s, _ = model.split(theta)

@@ -46,6 +46,7 @@ class Evaluation:
     score: np.ndarray = None
     AI: np.ndarray = None
     F: np.ndarray = None  # C⁻¹[:, :p]
+    cuu_diag: np.ndarray = None  # diag(Cᵘᵘ), when the traces were computed
 
     @property
     def loglik(self) -> float:
@@ -141,7 +142,10 @@ class Model:
         mme = self.mme
         rows = np.concatenate([s.rows for s in mme.structures])
         cols = np.concatenate([s.cols for s in mme.structures])
-        cinv = mme.selected_inverse(rows, cols)
+        diag = np.arange(mme.p, mme.dim, dtype=np.int64)
+        # the diagonal of Cᵘᵘ (PEVs) comes from the same selected inverse
+        both = mme.selected_inverse(np.concatenate([rows, diag]), np.concatenate([cols, diag]))
+        cinv, ev.cuu_diag = both[:rows.shape[0]], both[rows.shape[0]:]
         if self.method == "ML" and mme.p > 0:
             F = ev.F
             Cxx_inv = np.linalg.inv(F[:mme.p])

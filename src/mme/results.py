@@ -165,10 +165,10 @@ class Fit:
         from .predict import predict
         return predict(self, newdata, include_random=include_random)
 
-    def marginal_covariance(self, rows=None):
+    def marginal_covariance(self, rows=None, force=False):
         """V = ZGZ' + R for chosen rows, sparse; see :func:`mme.marginal.marginal_covariance`."""
         from .marginal import marginal_covariance
-        return marginal_covariance(self, rows)
+        return marginal_covariance(self, rows, force=force)
 
     # -- printing ------------------------------------------------------------
     def __repr__(self) -> str:
