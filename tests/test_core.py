@@ -51,3 +51,21 @@ def test_csc_positions_reports_absent_entries():
     pos = np.empty(3, dtype=np.int64)
     _core.csc_positions(M.indptr, M.indices, np.array([0, 1, 0]), np.array([0, 0, 1]), pos)
     assert pos.tolist() == [0, 1, -1]
+
+
+def test_dense_tail_by_lapack_matches_dense():
+    """The trailing dense block of L is inverted by LAPACK, the rest by Takahashi."""
+    from mme.system import _dense_tail_inverse
+    A = _spd(800, 0.01, 1)
+    f = analyze(sp.tril(A).tocsc(), mode="simplicial")
+    f.cholesky_inplace(sp.tril(A).tocsc())
+    L = f.L()
+    L.sort_indices()
+    Zx = np.empty_like(L.data)
+    t = _dense_tail_inverse(L, Zx)
+    assert t < 800 - 64  # the LAPACK path was taken
+    _core.selected_inverse(L.indptr, L.indices, L.data, Zx, t)
+    P = f.P()
+    dense = np.linalg.inv(A.toarray())[np.ix_(P, P)]
+    coo = sp.csc_matrix((Zx, L.indices, L.indptr), shape=L.shape).tocoo()
+    np.testing.assert_allclose(coo.data, dense[coo.row, coo.col], atol=ATOL_SELINV, rtol=0)
