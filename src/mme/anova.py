@@ -164,11 +164,14 @@ def type3_contrasts(fit) -> dict:
     design = fit.internals.design
     spec = design.fixed_spec
     try:
+        # only the row space matters: build it on the distinct rows of the used columns
+        cols = sorted(Formula(str(spec.formula)).required_variables)
+        rows = design.data[cols].drop_duplicates() if cols else design.data.iloc[:1]
         mm = Formula(str(spec.formula)).get_model_matrix(
-            design.data, ensure_full_rank=False, output="sparse")
+            rows, ensure_full_rank=False, output="sparse")
     except Exception as exc:  # pragma: no cover - formulaic error types vary
         raise DataError(f"cannot build the over-parameterized design for type-III tests: {exc}") from exc
-    rdX = np.asarray(mm.todense() if hasattr(mm, "todense") else mm, dtype=float)
+    rdX = np.asarray(mm.todense() if hasattr(mm, "todense") else mm, dtype=float)  # dense-ok: distinct rows
     names = [r_name(c) for c in mm.model_spec.column_names]
     col_term = [None] * len(names)
     for t, sl in mm.model_spec.term_slices.items():

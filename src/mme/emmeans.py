@@ -167,7 +167,7 @@ def _grid_X(fit, grid: pd.DataFrame) -> tuple:
         mm = design.fixed_spec.get_model_matrix(grid, output="sparse")
     except Exception as exc:  # formulaic raises several error types
         raise DataError(f"emmeans: cannot build the reference grid's model matrix: {exc}") from exc
-    Xg = np.asarray(mm.todense() if hasattr(mm, "todense") else mm, dtype=float)
+    Xg = np.asarray(mm.todense() if hasattr(mm, "todense") else mm, dtype=float)  # dense-ok: reference grid
     names = [r_name(c) for c in design.fixed_spec.column_names]
     pos = {n: i for i, n in enumerate(names)}
     kept = np.array([pos[n] for n in fit.fixed_names], dtype=int)
@@ -180,8 +180,9 @@ def _estimable(fit, Lfull: np.ndarray) -> np.ndarray:
         return np.ones(Lfull.shape[0], bool)
     design = fit.internals.design
     mm = design.fixed_spec.get_model_matrix(design.data, output="sparse")
-    X = np.asarray(mm.todense() if hasattr(mm, "todense") else mm, dtype=float)
-    w, U = np.linalg.eigh(X.T @ X)
+    XtX = np.asarray((mm.T @ mm).todense() if hasattr(mm, "todense") else mm.T @ mm,
+                     dtype=float)  # dense-ok: p × p
+    w, U = np.linalg.eigh(XtX)
     null = U[:, w <= 1e-9 * max(w.max(), 1e-300)]
     scale = np.maximum(np.abs(Lfull).max(axis=1), 1e-300)
     return np.abs(Lfull @ null).max(axis=1, initial=0.0) <= ESTIMABLE_TOL * scale
