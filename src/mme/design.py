@@ -178,6 +178,14 @@ def _alias_check(X: sp.csc_matrix) -> np.ndarray:
     return keep
 
 
+def ols_residuals(X: sp.csc_matrix, y: np.ndarray) -> np.ndarray:
+    """y − Xb̂ by least squares on the small dense X'X (X full column rank)."""
+    if not X.shape[1]:
+        return y.copy()
+    XtX = (X.T @ X).toarray()  # dense-ok: p × p
+    return y - X @ np.linalg.solve(XtX, X.T @ y)
+
+
 def _fixed_matrix(mf: ModelFormula, data: pd.DataFrame) -> tuple:
     try:
         mm = Formula(mf.fixed).get_model_matrix(data, output="sparse", na_action="raise")

@@ -180,8 +180,8 @@ def _estimable(fit, Lfull: np.ndarray) -> np.ndarray:
         return np.ones(Lfull.shape[0], bool)
     design = fit.internals.design
     mm = design.fixed_spec.get_model_matrix(design.data, output="sparse")
-    XtX = np.asarray((mm.T @ mm).todense() if hasattr(mm, "todense") else mm.T @ mm,
-                     dtype=float)  # dense-ok: p × p
+    XtX = mm.T @ mm
+    XtX = np.asarray(XtX.todense() if hasattr(XtX, "todense") else XtX, dtype=float)  # dense-ok: p × p
     w, U = np.linalg.eigh(XtX)
     null = U[:, w <= 1e-9 * max(w.max(), 1e-300)]
     scale = np.maximum(np.abs(Lfull).max(axis=1), 1e-300)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ._errors import DataError, SingularFitWarning
-from .design import Design, build_design
+from .design import Design, build_design, ols_residuals
 from .formula import parse_formula
 from .reml import Model, fit_variances
 from .results import Fit, RandomEffectsBlock
@@ -142,11 +142,7 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict 
 def _ols_variance(model: Model) -> np.ndarray:
     X, y = model.mme.design.X, model.mme.y
     p = X.shape[1]
-    if p:
-        XtX = (X.T @ X).toarray()  # dense-ok: p × p
-        r = y - X @ np.linalg.solve(XtX, X.T @ y)
-    else:
-        r = y
+    r = ols_residuals(X, y)
     denom = len(y) - (p if model.method == "REML" else 0)
     if denom <= 0:
         raise DataError(f"{len(y)} observations cannot estimate {p} fixed effects and a residual variance")

@@ -26,6 +26,7 @@ import numpy as np
 
 from ._errors import ConvergenceWarning, NotPositiveDefiniteError
 from .covariance import is_psd
+from .design import ols_residuals
 from .system import MME
 
 log = logging.getLogger("mme")
@@ -213,12 +214,7 @@ def starting_values(model: Model) -> np.ndarray:
     """σ²ₑ and each G₀'s diagonal share the residual variance of an OLS fit."""
     mme = model.mme
     X, y = mme.design.X, mme.y
-    if X.shape[1]:
-        XtX = (X.T @ X).toarray()  # dense-ok: p × p
-        b = np.linalg.solve(XtX, X.T @ y)
-        r = y - X @ b
-    else:
-        r = y
+    r = ols_residuals(X, y)
     v = max(float(r @ r) / max(len(y) - X.shape[1], 1), 1e-8 * max(float(y @ y) / len(y), 1e-300))
     nb = len(mme.structures)
     theta = []
