@@ -138,15 +138,19 @@ def run_mme(df, ordering, repeats):
     res["seconds_factorize"] = _best_of(lambda: system.factor.cholesky_inplace(C), 5)
     theta = fit.internals.theta
     res["seconds_evaluation"] = _best_of(lambda: model.evaluate(theta), 3)
-    # the selected inverse (L copied to CSC + Takahashi in _core), the bulk of an evaluation
+    # the selected inverse as REML uses it (L copied to CSC, LAPACK dense tail, supernodal
+    # BLAS-3 recurrences in _core), at every slot of C; and the scalar kernel for comparison
+    Cl = C.tocoo()
+    res["seconds_selected_inverse"] = _best_of(
+        lambda: system.selected_inverse(Cl.row, Cl.col), 3)
     L = system.factor.L()
     L.sort_indices()
     Zx = np.empty_like(L.data)
-    res["seconds_selected_inverse"] = _best_of(
-        lambda: (system.factor.L(), _core.selected_inverse(L.indptr, L.indices, L.data, Zx)), 3)
+    res["seconds_selected_inverse_scalar"] = _best_of(
+        lambda: (system.factor.L(), _core.selected_inverse(L.indptr, L.indices, L.data, Zx)), 1)
+    sn = _core.supernodes(L.indptr, L.indices, -1, 1024)
+    res["n_supernodes"] = int(len(sn) - 1)
     res["dense_trailing_block"] = width = _dense_trailing_block(L)
-    # not what mme does today: the same entries of the dense tail by LAPACK/BLAS-3
-    # (trtri + syrk on the dense triangle), the cost a supernodal kernel would pay there
     res["seconds_dense_tail_blas3"] = _dense_tail_blas3(L, width)
     print(f"[mme/{ordering}] fit {res['seconds']:.3f} s (median {res['seconds_median']:.3f}), "
           f"n_iter={res['n_iter']}, logLik={res['loglik']:.6f}, nnz(L)={res['nnz_L']:,}, "
@@ -293,25 +297,27 @@ def markdown(args, data_info, mme_runs, lme4_res, machine):
     L.append("")
     L.append(f"dim(C) = {ref.get('dim_C', 0):,}; nnz(lower C) = {ref.get('nnz_C_lower', 0):,}. "
              "`factorize` = one `factor.cholesky_inplace(C)` (best of 5) — the floor of one "
-             "REML iteration; `selinv` = the selected inverse of that factor (`factor.L()` + "
-             "Takahashi in `_core.selected_inverse`, best of 3); `evaluation` = one full REML "
+             "REML iteration; `selinv` = the selected inverse of that factor at every slot "
+             "of C as REML uses it (`factor.L()`, LAPACK on the dense tail, supernodal BLAS-3 "
+             "recurrences in `_core.selected_inverse_supernodal`; best of 3); `scalar` = the same "
+             "with the column-by-column kernel `_core.selected_inverse` (one run); `evaluation` = one full REML "
              "evaluation at θ̂ (factorization, solves, selected inverse, AI matrix; best of 3); "
              "`analyze` = `cholmod.analyze` (once per fit; best of 3); `dense tail` = width of "
              "the dense lower triangle that ends L; `tail BLAS-3` = what the entries of C⁻¹ on "
-             "that dense tail cost by LAPACK `dtrtri` + BLAS `dsyrk` (measured here for "
-             "comparison — mme's kernel does not do this today).")
+             "that dense tail cost by LAPACK `dtrtri` + BLAS `dsyrk`.")
     L.append("")
-    L.append("| ordering | nnz(L) | dense tail | analyze s | factorize s | selinv s | "
-             "tail BLAS-3 s | evaluation s | fit s (best) | fit s (median) | iterations | "
+    L.append("| ordering | nnz(L) | supernodes | dense tail | analyze s | factorize s | selinv s | "
+             "scalar s | tail BLAS-3 s | evaluation s | fit s (best) | fit s (median) | iterations | "
              "factorizations/fit | logLik |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for o, r in mme_runs.items():
         if "error" in r:
-            L.append(f"| `{o}` | failed: {r['error'].strip().splitlines()[-1]} | | | | | | | | | | | |")
+            L.append(f"| `{o}` | failed: {r['error'].strip().splitlines()[-1]} | | | | | | | | | | | | | |")
             continue
-        L.append(f"| `{o}` | {r['nnz_L']:,} | {r['dense_trailing_block']:,} | "
+        L.append(f"| `{o}` | {r['nnz_L']:,} | {r['n_supernodes']:,} | {r['dense_trailing_block']:,} | "
                  f"{r['seconds_analyze']:.4f} | {r['seconds_factorize']:.4f} | "
-                 f"{r['seconds_selected_inverse']:.4f} | {r['seconds_dense_tail_blas3']:.4f} | "
+                 f"{r['seconds_selected_inverse']:.4f} | {r['seconds_selected_inverse_scalar']:.4f} | "
+                 f"{r['seconds_dense_tail_blas3']:.4f} | "
                  f"{r['seconds_evaluation']:.4f} | "
                  f"{r['seconds']:.3f} | {r['seconds_median']:.3f} | {r['n_iter']} | "
                  f"{r['n_factorize']} | {r['loglik']:.6f} |")
@@ -322,11 +328,12 @@ def markdown(args, data_info, mme_runs, lme4_res, machine):
                  f"evaluations plus one more selected inverse for the PEVs; the selected inverse "
                  f"is {ref['seconds_selected_inverse'] / ref['seconds_evaluation']:.0%} of an "
                  f"evaluation and {ref['seconds_selected_inverse'] / ref['seconds_factorize']:.0f}× "
-                 f"the numeric factorization. {ref['dense_trailing_block']:,} of "
+                 f"the numeric factorization (the scalar kernel: "
+                 f"{ref['seconds_selected_inverse_scalar'] / ref['seconds_factorize']:.0f}×). "
+                 f"{ref['dense_trailing_block']:,} of "
                  f"{ref['dim_C']:,} columns of L form a dense tail holding "
                  f"{ref['dense_trailing_block'] * (ref['dense_trailing_block'] + 1) // 2 / ref['nnz_L']:.0%} "
-                 f"of nnz(L) — most of the scalar Takahashi kernel's work — where "
-                 f"BLAS-3 would take {ref['seconds_dense_tail_blas3']:.3f} s.")
+                 f"of nnz(L); LAPACK inverts it in {ref['seconds_dense_tail_blas3']:.3f} s.")
         L.append("")
     la = data_info.get("loadavg")
     if la:

@@ -69,3 +69,59 @@ def test_dense_tail_by_lapack_matches_dense():
     dense = np.linalg.inv(A.toarray())[np.ix_(P, P)]
     coo = sp.csc_matrix((Zx, L.indices, L.indptr), shape=L.shape).tocoo()
     np.testing.assert_allclose(coo.data, dense[coo.row, coo.col], atol=ATOL_SELINV, rtol=0)
+
+
+@pytest.mark.parametrize("ordering", ["natural", "amd", "metis"])
+@pytest.mark.parametrize("mode", ["simplicial", "supernodal"])
+@pytest.mark.parametrize("n,density,seed", [(7, 0.3, 0), (120, 0.03, 1), (900, 0.004, 3)])
+@pytest.mark.parametrize("max_width,panel,blas_min", [
+    (1, 256, 4096.0),      # one column per block: the scalar recurrences in block form
+    (3, 5, 0.0),           # narrow blocks, panels crossing ancestor groups, BLAS always
+    (1024, 7, 1e300),      # wide blocks, plain loops always
+    (1024, 256, 4096.0),   # what MME.selected_inverse uses
+])
+def test_supernodal_selected_inverse_matches_dense(n, density, seed, ordering, mode,
+                                                   max_width, panel, blas_min):
+    A = _spd(n, density, seed)
+    f = analyze(sp.tril(A).tocsc(), mode=mode, ordering_method=ordering)
+    f.cholesky_inplace(sp.tril(A).tocsc())
+    L = f.L()
+    L.sort_indices()
+    sn = _core.supernodes(L.indptr, L.indices, -1, max_width)
+    assert sn[0] == 0 and sn[-1] == n and (np.diff(sn) >= 1).all() and (np.diff(sn) <= max_width).all()
+    Zx = np.full_like(L.data, np.nan)
+    _core.selected_inverse_supernodal(L.indptr, L.indices, L.data, Zx, sn, panel, blas_min)
+    P = f.P()
+    dense = np.linalg.inv(A.toarray())[np.ix_(P, P)]
+    coo = sp.csc_matrix((Zx, L.indices, L.indptr), shape=L.shape).tocoo()
+    np.testing.assert_allclose(coo.data, dense[coo.row, coo.col], atol=ATOL_SELINV, rtol=0)
+
+
+def test_supernodal_with_lapack_dense_tail_matches_dense():
+    from mme.system import _dense_tail_inverse
+    A = _spd(800, 0.01, 1)
+    f = analyze(sp.tril(A).tocsc(), mode="supernodal")
+    f.cholesky_inplace(sp.tril(A).tocsc())
+    L = f.L()
+    L.sort_indices()
+    Zx = np.full_like(L.data, np.nan)
+    t = _dense_tail_inverse(L, Zx)
+    assert t < 800 - 64
+    sn = _core.supernodes(L.indptr, L.indices, t, 1024)
+    assert sn[-1] == t
+    _core.selected_inverse_supernodal(L.indptr, L.indices, L.data, Zx, sn)
+    P = f.P()
+    dense = np.linalg.inv(A.toarray())[np.ix_(P, P)]
+    coo = sp.csc_matrix((Zx, L.indices, L.indptr), shape=L.shape).tocoo()
+    np.testing.assert_allclose(coo.data, dense[coo.row, coo.col], atol=ATOL_SELINV, rtol=0)
+
+
+def test_supernodal_rejects_a_broken_pattern():
+    # column 0's rows {1, 2}; column 1 holds only row 1 and column 2 is its own block:
+    # row 2 is not found in column 1's structure
+    indptr = np.array([0, 3, 4, 5], dtype=np.int32)
+    indices = np.array([0, 1, 2, 1, 2], dtype=np.int32)
+    Lx = np.array([2.0, 0.5, 0.5, 1.0, 1.0])
+    sn = _core.supernodes(indptr, indices, -1, 1024)
+    with pytest.raises(_core.PatternError):
+        _core.selected_inverse_supernodal(indptr, indices, Lx, np.empty(5), sn)

@@ -142,4 +142,5 @@ def csc_positions(idx_t[::1] indptr, idx_t[::1] indices, const int64_t[::1] rows
         raise IndexError("column index out of range")
 
 
+include "_selinv.pxi"
 include "_pedigree.pxi"

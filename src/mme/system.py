@@ -32,6 +32,8 @@ def csc_slots(M: sp.csc_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
 
 #: Largest dense trailing block of L inverted with LAPACK (w² doubles of memory).
 MAX_DENSE_TAIL = 12000
+#: Widest supernode taken as one block by the supernodal selected inverse (w² doubles).
+MAX_SUPERNODE_WIDTH = 1024
 
 
 def _dense_tail_inverse(L, Zx: np.ndarray) -> int:
@@ -98,7 +100,7 @@ class MME:
         self.factor = None
         self.n_analyze = 0
         self.n_factorize = 0
-        self._L_pos = None
+        self._supernodes = None
 
     def _build_pattern(self):
         WtW = sp.tril(self.W.T @ self.W).tocoo()
@@ -158,16 +160,22 @@ class MME:
 
     # -- selected inverse --------------------------------------------------
     def selected_inverse(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """(C⁻¹)[rows, cols] for entries on the pattern of C, by Takahashi's recurrences.
+        """(C⁻¹)[rows, cols] for entries on the pattern of C (selected inversion).
 
-        Uses the factor in hand: L is copied to CSC once per call.
+        Uses the factor in hand: L is copied to CSC once per call; the dense
+        trailing block goes to LAPACK, the rest to ``_core``'s supernodal
+        recurrences. The supernode partition is found once per analysis.
         """
         L = self.factor.L()
         if not L.has_sorted_indices:
             L.sort_indices()
         Zx = np.empty_like(L.data)
         stop = _dense_tail_inverse(L, Zx)
-        _core.selected_inverse(L.indptr, L.indices, L.data, Zx, stop)
+        key = (L.nnz, stop)
+        if self._supernodes is None or self._supernodes[0] != key:
+            self._supernodes = (key, _core.supernodes(L.indptr, L.indices, stop,
+                                                      MAX_SUPERNODE_WIDTH))
+        _core.selected_inverse_supernodal(L.indptr, L.indices, L.data, Zx, self._supernodes[1])
         pinv = np.empty(self.dim, dtype=np.int64)
         pinv[self.factor.P()] = np.arange(self.dim)
         r, c = pinv[rows], pinv[cols]
