@@ -148,7 +148,8 @@ def run_mme(df, ordering, repeats):
     Zx = np.empty_like(L.data)
     res["seconds_selected_inverse_scalar"] = _best_of(
         lambda: (system.factor.L(), _core.selected_inverse(L.indptr, L.indices, L.data, Zx)), 1)
-    sn = _core.supernodes(L.indptr, L.indices, -1, 1024)
+    from mme.system import supernode_partition
+    sn = supernode_partition(L)
     res["n_supernodes"] = int(len(sn) - 1)
     res["dense_trailing_block"] = width = _dense_trailing_block(L)
     res["seconds_dense_tail_blas3"] = _dense_tail_blas3(L, width)

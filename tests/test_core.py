@@ -53,24 +53,6 @@ def test_csc_positions_reports_absent_entries():
     assert pos.tolist() == [0, 1, -1]
 
 
-def test_dense_tail_by_lapack_matches_dense():
-    """The trailing dense block of L is inverted by LAPACK, the rest by Takahashi."""
-    from mme.system import _dense_tail_inverse
-    A = _spd(800, 0.01, 1)
-    f = analyze(sp.tril(A).tocsc(), mode="simplicial")
-    f.cholesky_inplace(sp.tril(A).tocsc())
-    L = f.L()
-    L.sort_indices()
-    Zx = np.empty_like(L.data)
-    t = _dense_tail_inverse(L, Zx)
-    assert t < 800 - 64  # the LAPACK path was taken
-    _core.selected_inverse(L.indptr, L.indices, L.data, Zx, t)
-    P = f.P()
-    dense = np.linalg.inv(A.toarray())[np.ix_(P, P)]
-    coo = sp.csc_matrix((Zx, L.indices, L.indptr), shape=L.shape).tocoo()
-    np.testing.assert_allclose(coo.data, dense[coo.row, coo.col], atol=ATOL_SELINV, rtol=0)
-
-
 @pytest.mark.parametrize("ordering", ["natural", "amd", "metis"])
 @pytest.mark.parametrize("mode", ["simplicial", "supernodal"])
 @pytest.mark.parametrize("n,density,seed", [(7, 0.3, 0), (120, 0.03, 1), (900, 0.004, 3)])
@@ -98,17 +80,18 @@ def test_supernodal_selected_inverse_matches_dense(n, density, seed, ordering, m
 
 
 def test_supernodal_with_lapack_dense_tail_matches_dense():
-    from mme.system import _dense_tail_inverse
+    """The dense trailing triangle of L as one block (LAPACK dtrtri + dlauum)."""
+    from mme.system import dense_tail_start, supernode_partition
     A = _spd(800, 0.01, 1)
     f = analyze(sp.tril(A).tocsc(), mode="supernodal")
     f.cholesky_inplace(sp.tril(A).tocsc())
     L = f.L()
     L.sort_indices()
     Zx = np.full_like(L.data, np.nan)
-    t = _dense_tail_inverse(L, Zx)
+    t = dense_tail_start(L)
     assert t < 800 - 64
-    sn = _core.supernodes(L.indptr, L.indices, t, 1024)
-    assert sn[-1] == t
+    sn = supernode_partition(L)
+    assert sn[-2] == t and sn[-1] == 800
     _core.selected_inverse_supernodal(L.indptr, L.indices, L.data, Zx, sn)
     P = f.P()
     dense = np.linalg.inv(A.toarray())[np.ix_(P, P)]

@@ -18,6 +18,7 @@ from .reml import Model, fit_variances
 from .results import Fit, RandomEffectsBlock
 from .satterthwaite import observed_information, satterthwaite_df, vcov_derivatives
 from .system import MME
+from ._threads import dense_blas_threads as dense_blas_threads_
 
 
 #: G₀ whose smallest/largest eigenvalue ratio is below this is reported singular
@@ -90,7 +91,7 @@ class Internals:
 
 def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict | None = None,
         relmat: dict | None = None, ordering: str = "default", max_iter: int = 200,
-        verbose: bool = False) -> Fit:
+        verbose: bool = False, dense_blas_threads: int | None = 1) -> Fit:
     """Fit a linear mixed model by REML (default) or ML.
 
     Parameters
@@ -110,6 +111,10 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict 
         that term's effects is σ² K instead of σ² I.
     ordering : str
         CHOLMOD's fill-reducing ordering ("default", "amd", "metis", "nesdis", ...).
+    dense_blas_threads : int or None
+        Threads of NumPy/SciPy's bundled BLAS during the fit (CHOLMOD keeps the
+        system BLAS's threads); 1 avoids two thread pools competing for the cores
+        (see ``mme._threads``). None leaves them as they are.
 
     Returns
     -------
@@ -118,6 +123,11 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict 
     method = str(method).upper()
     if method not in ("REML", "ML"):
         raise ValueError(f"method must be 'REML' or 'ML', got {method!r}")
+    with dense_blas_threads_(dense_blas_threads):
+        return _fit(formula, data, method, variances, relmat, ordering, max_iter, verbose)
+
+
+def _fit(formula, data, method, variances, relmat, ordering, max_iter, verbose) -> Fit:
     mf = parse_formula(formula)
     design = build_design(mf, data, relmat)
     model = Model(MME(design, ordering=ordering), method)

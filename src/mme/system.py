@@ -36,37 +36,30 @@ MAX_DENSE_TAIL = 12000
 MAX_SUPERNODE_WIDTH = 1024
 
 
-def _dense_tail_inverse(L, Zx: np.ndarray) -> int:
-    """Fill Zx for the dense trailing block of L and return its first column.
+def dense_tail_start(L) -> int:
+    """First column of the dense lower triangle that ends L (n when there is none).
 
-    Fill-reducing orderings end L with a dense lower triangle L_tt (the last
-    separator / the fixed effects); there (C⁻¹)_tt = L_tt⁻ᵀ L_tt⁻¹, which LAPACK's
-    ``dtrtri`` + ``dlauum`` compute at BLAS-3 speed, instead of the scalar
-    recurrences. Returns n when there is no dense tail worth it.
+    Fill-reducing orderings end L with a dense block (the last separator, the
+    fixed effects); the supernodal selected inverse takes it as one block and
+    inverts it with LAPACK (``dtrtri`` + ``dlauum``). Blocks narrower than 64 or
+    wider than ``MAX_DENSE_TAIL`` are left to the ordinary supernode partition.
     """
-    from scipy.linalg import lapack
     n = L.shape[0]
-    counts = np.diff(L.indptr)
-    dense = counts == (n - np.arange(n))
+    dense = np.diff(L.indptr) == (n - np.arange(n))
     bad = np.flatnonzero(~dense)
     t = int(bad[-1]) + 1 if bad.size else 0
     w = n - t
-    if w < 64 or w > MAX_DENSE_TAIL:
-        return n
-    start = L.indptr[t]
-    # the tail columns hold every row j..n-1 in order: column-major lower triangle
-    T = np.zeros((w, w), order="F")
-    rows = L.indices[start:] - t
-    cols = np.repeat(np.arange(w), counts[t:])
-    T[rows, cols] = L.data[start:]
-    Tinv, info = lapack.dtrtri(T, lower=1)
-    if info != 0:
-        return n
-    Z, info = lapack.dlauum(Tinv, lower=1)   # Tinv' Tinv in the lower triangle
-    if info != 0:
-        return n
-    Zx[start:] = Z[rows, cols]
-    return t
+    return t if 64 <= w <= MAX_DENSE_TAIL else n
+
+
+def supernode_partition(L) -> np.ndarray:
+    """Column blocks for ``_core.selected_inverse_supernodal``: supernodes + the dense tail."""
+    n = L.shape[0]
+    t = dense_tail_start(L)
+    starts = _core.supernodes(L.indptr, L.indices, t, MAX_SUPERNODE_WIDTH)
+    if t < n:
+        starts = np.append(starts, n)
+    return starts
 
 
 class MME:
@@ -163,18 +156,15 @@ class MME:
         """(C⁻¹)[rows, cols] for entries on the pattern of C (selected inversion).
 
         Uses the factor in hand: L is copied to CSC once per call; the dense
-        trailing block goes to LAPACK, the rest to ``_core``'s supernodal
-        recurrences. The supernode partition is found once per analysis.
+        trailing block and every supernode are taken as blocks by ``_core``'s
+        BLAS-3 recurrences. The supernode partition is found once per analysis.
         """
         L = self.factor.L()
         if not L.has_sorted_indices:
             L.sort_indices()
         Zx = np.empty_like(L.data)
-        stop = _dense_tail_inverse(L, Zx)
-        key = (L.nnz, stop)
-        if self._supernodes is None or self._supernodes[0] != key:
-            self._supernodes = (key, _core.supernodes(L.indptr, L.indices, stop,
-                                                      MAX_SUPERNODE_WIDTH))
+        if self._supernodes is None or self._supernodes[0] != L.nnz:
+            self._supernodes = (L.nnz, supernode_partition(L))
         _core.selected_inverse_supernodal(L.indptr, L.indices, L.data, Zx, self._supernodes[1])
         pinv = np.empty(self.dim, dtype=np.int64)
         pinv[self.factor.P()] = np.arange(self.dim)

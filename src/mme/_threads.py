@@ -1,0 +1,47 @@
+"""Thread policy for the two BLAS libraries a fit runs on.
+
+CHOLMOD calls the system BLAS it was linked against (Debian: libopenblas), while
+NumPy/SciPy (and ``_core``'s supernodal selected inverse, through SciPy's
+``cython_blas``) call the OpenBLAS bundled in their wheels. Each library keeps
+its own pool of spinning worker threads; on a machine with few cores the two
+pools fight over them after every switch from one library to the other. On the
+2-core benchmark machine the crossed 73k-record fit took 2.3 s with both pools
+at 2 threads and 1.2 s with the wheel-bundled pools at 1 (benchmarks/README.md).
+``dense_blas_threads`` limits the bundled pools during a fit and restores them.
+"""
+from __future__ import annotations
+
+import contextlib
+
+#: Substrings of the wheel-bundled OpenBLAS builds of NumPy and SciPy.
+_BUNDLED = ("scipy_openblas", "numpy.libs", "scipy.libs")
+
+
+@contextlib.contextmanager
+def dense_blas_threads(n: int | None):
+    """Run the block with NumPy/SciPy's own BLAS limited to ``n`` threads (None: as is)."""
+    if n is None:
+        yield
+        return
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:          # optional: without it the pools are left alone
+        yield
+        return
+    controller = ThreadpoolController()
+    bundled = [c for c in controller.lib_controllers
+               if c.user_api == "blas" and any(s in c.filepath for s in _BUNDLED)]
+    system = [c for c in controller.lib_controllers
+              if c.user_api == "blas" and c not in bundled]
+    if not bundled or not system:
+        # one BLAS for everything: no second pool to fight with
+        yield
+        return
+    saved = [c.num_threads for c in bundled]
+    for c in bundled:
+        c.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        for c, k in zip(bundled, saved):
+            c.set_num_threads(k)
