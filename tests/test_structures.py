@@ -371,3 +371,27 @@ def test_plot_needs_matplotlib(lme4_fit, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"pip install mme\[plot\]"):
         plot.caterpillar(fit, "Batch")
+
+
+#: Known gap (issue: boundary optima of unstructured G₀): at a rank-deficient REML
+#: optimum Henderson's MME need G₀⁻¹, so AI/EM iterates approach the boundary of the
+#: PSD cone without reaching it. Measured here: logLik 0.067 below lme4's. The bound
+#: is the gap we know of, not a tolerance for agreement; shrink it when the
+#: rank-reduced formulation lands.
+KNOWN_BOUNDARY_LOGLIK_GAP = 0.1
+
+
+def test_rank_deficient_unstructured_G0_is_reported_singular_and_stays_psd():
+    ref = json.loads((DATA / "rank_deficient_slopes.json").read_text())
+    d = pd.read_csv(DATA / "rank_deficient_slopes.csv")
+    assert ref["isSingular"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = mme.fit("y ~ x + z + (1 + x + z | g)", d)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, mme.SingularFitWarning)]
+    assert fit.singular and msgs and "'g' term" in msgs[0]
+    G0s, _ = fit.internals.model.split(fit.internals.theta)
+    assert np.linalg.eigvalsh(G0s[0])[0] >= 0.0
+    # never above the optimum lme4 found; below it by at most the known gap
+    assert fit.loglik <= ref["loglik"] + 1e-6
+    assert ref["loglik"] - fit.loglik < KNOWN_BOUNDARY_LOGLIK_GAP

@@ -25,6 +25,8 @@ from ._threads import dense_blas_threads as dense_blas_threads_
 #: (lme4 flags relative Cholesky-factor elements below 1e-4; AI steps keep G₀'s
 #: eigenvalues ≥ 1e-8 × the largest, so a boundary optimum sits well below this).
 SINGULAR_TOL = 1e-6
+#: a non-converged fit whose G₀ is this close to singular is reported as a boundary fit
+NEAR_SINGULAR_TOL = 1e-3
 
 
 class Internals:
@@ -233,11 +235,31 @@ def _assemble(formula, design, model, theta, ev, n_iter, converged, history, at_
         df_method = "residual"
     # lme4's isSingular: a variance at zero, or a G₀ (d > 1) of deficient rank
     G0s, _ = model.split(theta)
-    singular = bool(np.any(at_bound)) or (estimated and any(
-        G.shape[0] > 1 and np.linalg.eigvalsh(G)[0] <= SINGULAR_TOL * np.linalg.eigvalsh(G)[-1]
-        for G in G0s))
+    singular = bool(np.any(at_bound))
+    messages = ["a variance is estimated at zero"] if singular else []
+    if estimated:
+        for b, G in zip(design.blocks, G0s):
+            if G.shape[0] < 2:
+                continue
+            ev_G = np.linalg.eigvalsh(G)
+            ratio = ev_G[0] / ev_G[-1] if ev_G[-1] > 0 else 0.0
+            # rank-deficient at θ̂; or heading there when REML stopped short of convergence:
+            # the MME need G₀⁻¹, so iterates approach the boundary of the PSD cone but
+            # cannot sit on it (the estimate stays PSD, its logLik slightly below the optimum)
+            if ratio <= SINGULAR_TOL or (not converged and ratio <= NEAR_SINGULAR_TOL):
+                singular = True
+                sd = np.sqrt(np.diag(G))
+                corr = G / np.outer(sd, sd)
+                top = np.max(np.abs(corr[np.tril_indices_from(corr, -1)]))
+                messages.append(
+                    f"G₀ of the '{b.group}' term ({', '.join(b.terms)}) is singular: smallest/"
+                    f"largest eigenvalue {ratio:.2g}, |correlation| up to {top:.4f}"
+                    + ("" if converged else
+                       "; the REML optimum lies on the boundary, which the MME approach "
+                       "without reaching (logLik may be a little below lme4's); simplify "
+                       f"the term, e.g. fewer slopes or '||' for '{b.group}'"))
     if singular:
-        warnings.warn("boundary (singular) fit: a variance is estimated at zero", SingularFitWarning,
+        warnings.warn("boundary (singular) fit: " + "; ".join(messages), SingularFitWarning,
                       stacklevel=3)
     n_params = p + model.k
     resid = ev.resid
