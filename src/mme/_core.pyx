@@ -10,7 +10,11 @@ Kernels
 -------
 selected_inverse
     Takahashi's recurrences: the entries of C^-1 on the pattern of its
-    Cholesky factor L (Takahashi, Fagan & Chen 1973; Erisman & Tinney 1975).
+    Cholesky factor L (Takahashi, Fagan & Chen 1973; Erisman & Tinney 1975),
+    column by column (the reference implementation).
+supernodes, selected_inverse_supernodal
+    The same recurrences a supernode at a time in BLAS-3 (``_selinv.pxi``);
+    what ``MME.selected_inverse`` uses.
 csc_positions
     For (row, col) pairs, the slot of each in a CSC matrix's ``data`` (assembly
     of the MME: the map from variance parameters to the slots of C they touch).
