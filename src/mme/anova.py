@@ -92,7 +92,7 @@ def wald(fit, L: np.ndarray, method: str, kr_options: dict | None = None) -> tup
         V = fit.vcov_beta
         if method == "satterthwaite":
             it = fit.internals
-            df = satterthwaite_df(L, V, it.dvcov, it.vcov_theta)
+            df = satterthwaite_df(L, V, *it.satterthwaite_pieces)
         elif method == "residual":
             df = np.full(L.shape[0], residual_df(fit))
         else:
@@ -122,7 +122,7 @@ def ftest(fit, L: np.ndarray, method: str, kr_options: dict | None = None) -> di
         F = float(np.sum((PtL @ fit.beta) ** 2 / w[keep]) / q)
         if method == "satterthwaite":
             it = fit.internals
-            ddf = satterthwaite_F_df(L, Phi, it.dvcov, it.vcov_theta)
+            ddf = satterthwaite_F_df(L, Phi, *it.satterthwaite_pieces)
         elif method == "residual":
             ddf = residual_df(fit)
         else:

@@ -5,16 +5,19 @@
 """
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
-from ._errors import DataError, SingularFitWarning
+from ._errors import ConvergenceWarning, DataError, SingularFitWarning
+from .boundary import BoundaryResult, fit_on_boundary, satterthwaite_pieces
 from .design import Design, build_design, ols_residuals
 from .formula import parse_formula
-from .reml import Model, fit_variances
+from .reml import IterationRecord, Model, fit_variances
 from .results import Fit, RandomEffectsBlock
 from .satterthwaite import observed_information, satterthwaite_df, vcov_derivatives
 from .system import MME
@@ -27,6 +30,13 @@ from ._threads import dense_blas_threads as dense_blas_threads_
 SINGULAR_TOL = 1e-6
 #: a non-converged fit whose G₀ is this close to singular is reported as a boundary fit
 NEAR_SINGULAR_TOL = 1e-3
+#: at a boundary optimum found in the Λ form (``boundary``), BLUPs, PEVs and df are
+#: computed at G₀ with its null eigenvalues raised to this × the largest (the G⁻¹
+#: form needs G₀ > 0); logLik moves < 1e-6 on the reference case, and the reported
+#: G₀ and logLik are the exact ones of the Λ form
+BOUNDARY_FLOOR = 1e-6
+
+log = logging.getLogger("mme")
 
 
 class Internals:
@@ -39,7 +49,7 @@ class Internals:
 
     def __init__(self, design: Design, model: Model, theta: np.ndarray, F: np.ndarray,
                  ai: np.ndarray, vcov_theta_ai: np.ndarray, at_bound: np.ndarray,
-                 estimated: bool):
+                 estimated: bool, boundary: BoundaryResult | None = None):
         self.design = design
         self.model = model
         self.theta = theta            # θ̂ (G₀ elements per block, then σ²ₑ)
@@ -48,6 +58,7 @@ class Internals:
         self.vcov_theta_ai = vcov_theta_ai  # AI⁻¹ (0 rows/cols at the boundary)
         self.at_bound = at_bound
         self.estimated = estimated
+        self.boundary = boundary      # the Λ-form optimum of a boundary fit, else None
 
     @property
     def has_variances(self) -> bool:
@@ -77,6 +88,18 @@ class Internals:
         return vcov_derivatives(self.model, self.theta, self.F)
 
     @cached_property
+    def satterthwaite_pieces(self) -> tuple:
+        """(∂Var(β̂)/∂φ, Var(φ̂)) for Satterthwaite's df: φ = θ, or on a boundary
+        (singular G₀) φ = (λ, σ²ₑ) of the Λ form (``boundary.satterthwaite_pieces``)."""
+        if self.boundary is None or not self.model.mme.p:
+            return self.dvcov, self.vcov_theta
+        b = self.boundary
+        out = satterthwaite_pieces(self.model, b.lam, float(b.theta[-1]))
+        # leave the factor at θ for whoever uses the G⁻¹ form next
+        self.model.evaluate(self.theta, derivatives=False)
+        return out
+
+    @cached_property
     def fixed_df(self) -> np.ndarray:
         """Default df of each coefficient: Satterthwaite (mixed), residual (fixed-only)."""
         mme = self.model.mme
@@ -88,7 +111,7 @@ class Internals:
         if not p:
             return np.zeros(0)
         F = self.F
-        return satterthwaite_df(np.eye(p), F[:p], self.dvcov, self.vcov_theta)
+        return satterthwaite_df(np.eye(p), F[:p], *self.satterthwaite_pieces)
 
 
 def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict | None = None,
@@ -143,12 +166,71 @@ def _fit(formula, data, method, variances, relmat, ordering, max_iter, verbose) 
         ev = model.evaluate(theta)
         n_iter, converged, history, at_bound = 0, True, (), np.zeros(1, bool)
     else:
-        result = fit_variances(model, max_iter=max_iter, verbose=verbose)
+        # AI-REML cannot converge on a boundary it can only approach: hold its
+        # non-convergence warning until the Λ form has had its say
+        with warnings.catch_warnings(record=True) as held:
+            warnings.simplefilter("always", ConvergenceWarning)
+            result = fit_variances(model, max_iter=max_iter, verbose=verbose,
+                                   hand_over=lambda t: _heads_to_boundary(model, t))
         theta, ev = result.theta, result.evaluation
         n_iter, converged, history, at_bound = (result.n_iter, result.converged,
                                                 tuple(result.history), result.at_bound)
+        boundary = None
+        if _heads_to_boundary(model, theta):
+            t0 = time.perf_counter()
+            boundary = fit_on_boundary(model, theta)
+            if boundary.m2ll < ev.m2ll:
+                log.info("boundary fit in the relative-factor form: logLik %.10g -> %.10g "
+                         "(%d evaluations)", ev.loglik, -0.5 * boundary.m2ll, boundary.n_eval)
+                history += (IterationRecord(n_iter + 1, "Λ form (COBYQA)", boundary.theta.copy(),
+                                            -0.5 * boundary.m2ll, float(boundary.n_eval),
+                                            np.nan, time.perf_counter() - t0),)
+                theta, at_bound = _interior(model, boundary.theta)
+                ev = model.evaluate(theta)
+                return _assemble(formula, design, model, theta, ev, n_iter, True, history,
+                                 at_bound, estimated=True, boundary=boundary)
+        for w in held:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if result.handed_over:
+            warnings.warn(f"REML stopped after {n_iter} iterations near the boundary of the "
+                          "PSD cone and the Λ form did not improve on it",
+                          ConvergenceWarning, stacklevel=3)
     return _assemble(formula, design, model, theta, ev, n_iter, converged, history,
                      at_bound, estimated=variances is None)
+
+
+def _heads_to_boundary(model: Model, theta: np.ndarray) -> bool:
+    """True when an unstructured G₀ (d ≥ 2) is near rank deficiency at the AI-REML estimate."""
+    G0s, _ = model.split(theta)
+    for G in G0s:
+        if G.shape[0] >= 2:
+            w = np.linalg.eigvalsh(G)
+            if w[-1] <= 0 or w[0] / w[-1] <= NEAR_SINGULAR_TOL:
+                return True
+    return False
+
+
+def _interior(model: Model, theta: np.ndarray) -> tuple:
+    """θ moved just inside the PD cone so that the G⁻¹ form of the MME exists.
+
+    Each G₀'s eigenvalues are raised to at least ``BOUNDARY_FLOOR`` × its largest,
+    a variance at zero to 1e-10 × max|θ| (``fit_variances``' bound, flagged at_bound).
+    """
+    out, at_bound, i = [], [], 0
+    G0s, s2e = model.split(theta)
+    lb = 1e-10 * np.abs(theta).max()
+    for s, G in zip(model.mme.structures, G0s):
+        if s.d == 1:
+            zero = G[0, 0] <= lb
+            out.append(np.array([max(G[0, 0], lb)]))
+            at_bound.append([zero])
+            continue
+        w, V = np.linalg.eigh(G)
+        w = np.maximum(w, BOUNDARY_FLOOR * max(w[-1], lb))
+        out.append(s.theta_of((V * w) @ V.T))
+        at_bound.append(np.zeros(s.n_params, bool))
+    return (np.concatenate(out + [np.array([s2e])]),
+            np.concatenate([np.asarray(a, bool) for a in at_bound] + [np.array([False])]))
 
 
 def _ols_variance(model: Model) -> np.ndarray:
@@ -193,7 +275,11 @@ def _vc_table(model: Model, theta: np.ndarray, se: np.ndarray) -> pd.DataFrame:
 
 
 def _assemble(formula, design, model, theta, ev, n_iter, converged, history, at_bound,
-              estimated) -> Fit:
+              estimated, boundary: BoundaryResult | None = None) -> Fit:
+    """Results at θ; with ``boundary``, θ is its estimate moved just inside the PD cone
+    (``_interior``) and the reported G₀, σ²ₑ and logLik are the Λ form's exact ones."""
+    theta_report = boundary.theta if boundary is not None else theta
+    loglik = -0.5 * boundary.m2ll if boundary is not None else ev.loglik
     mme = model.mme
     p = mme.p
     F = model._fixed_columns() if p else np.zeros((mme.dim, 0))
@@ -234,41 +320,52 @@ def _assemble(formula, design, model, theta, ev, n_iter, converged, history, at_
         ai_inv = np.diag(se ** 2)
         df_method = "residual"
     # lme4's isSingular: a variance at zero, or a G₀ (d > 1) of deficient rank
-    G0s, _ = model.split(theta)
+    G0s, _ = model.split(theta_report)
+    se_mask, i = np.zeros(model.k, bool), 0
     singular = bool(np.any(at_bound))
     messages = ["a variance is estimated at zero"] if singular else []
     if estimated:
-        for b, G in zip(design.blocks, G0s):
+        for b, s, G in zip(design.blocks, mme.structures, G0s):
+            i += s.n_params
             if G.shape[0] < 2:
                 continue
             ev_G = np.linalg.eigvalsh(G)
-            ratio = ev_G[0] / ev_G[-1] if ev_G[-1] > 0 else 0.0
-            # rank-deficient at θ̂; or heading there when REML stopped short of convergence:
-            # the MME need G₀⁻¹, so iterates approach the boundary of the PSD cone but
-            # cannot sit on it (the estimate stays PSD, its logLik slightly below the optimum)
+            ratio = max(ev_G[0] / ev_G[-1], 0.0) if ev_G[-1] > 0 else 0.0
+            # rank-deficient at θ̂ (the Λ form's optimum, ``boundary``); or heading there
+            # when neither AI-REML nor the Λ form got further (the estimate stays PSD)
             if ratio <= SINGULAR_TOL or (not converged and ratio <= NEAR_SINGULAR_TOL):
                 singular = True
-                sd = np.sqrt(np.diag(G))
-                corr = G / np.outer(sd, sd)
-                top = np.max(np.abs(corr[np.tril_indices_from(corr, -1)]))
+                if boundary is not None:
+                    # no asymptotic SE on the boundary of the PSD cone (lme4 gives none)
+                    se_mask[i - s.n_params:i] = True
+                sd = np.sqrt(np.maximum(np.diag(G), 0.0))
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    corr = G / np.outer(sd, sd)
+                off = np.abs(corr[np.tril_indices_from(corr, -1)])
+                top = float(np.nanmax(off)) if np.isfinite(off).any() else np.nan
                 messages.append(
                     f"G₀ of the '{b.group}' term ({', '.join(b.terms)}) is singular: smallest/"
                     f"largest eigenvalue {ratio:.2g}, |correlation| up to {top:.4f}"
+                    + (f" (rank {int(np.sum(ev_G > SINGULAR_TOL * ev_G[-1]))} of {len(ev_G)})"
+                       if boundary is not None else "")
                     + ("" if converged else
-                       "; the REML optimum lies on the boundary, which the MME approach "
-                       "without reaching (logLik may be a little below lme4's); simplify "
-                       f"the term, e.g. fewer slopes or '||' for '{b.group}'"))
+                       "; the fit stopped short of the boundary optimum (logLik may be a "
+                       "little below lme4's); simplify the term, e.g. fewer slopes or '||' "
+                       f"for '{b.group}'"))
     if singular:
         warnings.warn("boundary (singular) fit: " + "; ".join(messages), SingularFitWarning,
                       stacklevel=3)
     n_params = p + model.k
     resid = ev.resid
     internals = Internals(design=design, model=model, theta=theta, F=F, ai=ev.AI,
-                          vcov_theta_ai=ai_inv, at_bound=at_bound, estimated=estimated)
+                          vcov_theta_ai=ai_inv, at_bound=at_bound, estimated=estimated,
+                          boundary=boundary)
     return Fit(formula=formula, method=model.method, nobs=mme.n,
                fixed_names=design.fixed_names, aliased=design.aliased, beta=ev.solution[:p].copy(),
                vcov_beta=vcov_beta, df_method=df_method,
-               vc_table=_vc_table(model, np.where(at_bound, 0.0, theta), se), blocks=tuple(blocks), loglik=ev.loglik,
+               vc_table=_vc_table(model, np.where(at_bound, 0.0, theta_report),
+                                  np.where(se_mask, np.nan, se)),
+               blocks=tuple(blocks), loglik=loglik,
                n_params=n_params, converged=converged, n_iter=n_iter, history=history,
                singular=singular, estimated=estimated, fitted_values=mme.y - resid,
                residual_values=resid, internals=internals)

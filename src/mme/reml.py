@@ -73,6 +73,7 @@ class REMLResult:
     n_iter: int
     history: list = field(default_factory=list)
     at_bound: np.ndarray = None
+    handed_over: bool = False   # stopped for ``hand_over`` (see ``fit_variances``)
 
 
 class Model:
@@ -210,6 +211,10 @@ class Model:
         return np.concatenate(out + [np.array([s2e_new])])
 
 
+#: consecutive failed AI steps (EM fallbacks) before ``fit_variances`` hands over
+HAND_OVER_AFTER = 3
+
+
 def starting_values(model: Model) -> np.ndarray:
     """σ²ₑ and each G₀'s diagonal share the residual variance of an OLS fit."""
     mme = model.mme
@@ -229,12 +234,15 @@ def starting_values(model: Model) -> np.ndarray:
 
 def fit_variances(model: Model, theta0: np.ndarray | None = None, max_iter: int = 200,
                   n_em: int = 2, tol_ll: float = 1e-9, tol_decrement: float = 1e-9,
-                  verbose: bool = False) -> REMLResult:
+                  verbose: bool = False, hand_over=None) -> REMLResult:
     """AI-REML (or AI-ML) from ``theta0``: EM steps first, AI steps with step-halving,
     EM as a fallback; variances kept ≥ a small bound, G₀ kept positive definite.
 
     Converged when both the change in log-likelihood and the Newton decrement
-    score'·AI⁻¹·score fall below their tolerances.
+    score'·AI⁻¹·score fall below their tolerances. ``hand_over(θ) -> bool``: when
+    AI steps fail ``HAND_OVER_AFTER`` times running (EM fallbacks) at a θ for which it
+    is true — a G₀ heading for the boundary of the PSD cone, where EM crawls — stop
+    without a warning and say so (``handed_over``) for another method to finish.
     """
     theta = starting_values(model) if theta0 is None else np.asarray(theta0, float)
     t0 = time.perf_counter()
@@ -244,7 +252,7 @@ def fit_variances(model: Model, theta0: np.ndarray | None = None, max_iter: int 
     var_mask = model.variance_index()
     converged = False
     at_bound = np.zeros(model.k, dtype=bool)
-    it = 0
+    it, fallbacks, handed_over = 0, 0, False
     for it in range(1, max_iter + 1):
         t1 = time.perf_counter()
         scale = np.abs(theta).max()
@@ -283,6 +291,7 @@ def fit_variances(model: Model, theta0: np.ndarray | None = None, max_iter: int 
                 ev_new, kind, step = model.evaluate(new), "EM (fallback)", 1.0
         change = ev_new.loglik - ev.loglik
         theta, ev = ev_new.theta, ev_new
+        fallbacks = fallbacks + 1 if kind == "EM (fallback)" else 0
         rec = IterationRecord(it, kind, theta.copy(), ev.loglik, step, decrement,
                               time.perf_counter() - t1)
         history.append(rec)
@@ -296,9 +305,13 @@ def fit_variances(model: Model, theta0: np.ndarray | None = None, max_iter: int 
                 and decrement < tol_decrement * max(1.0, abs(ev.loglik)):
             converged = True
             break
-    if not converged:
+        if hand_over is not None and fallbacks >= HAND_OVER_AFTER and hand_over(theta):
+            handed_over = True
+            break
+    if not converged and not handed_over:
         warnings.warn(f"REML did not converge in {max_iter} iterations; "
                       f"last log-likelihood change {change:.3g}", ConvergenceWarning, stacklevel=3)
     lb = 1e-8 * np.abs(theta).max()
     return REMLResult(theta=theta, evaluation=ev, converged=converged, n_iter=it,
-                      history=history, at_bound=var_mask & (theta <= lb))
+                      history=history, at_bound=var_mask & (theta <= lb),
+                      handed_over=handed_over)
