@@ -436,6 +436,22 @@ def test_rank_deficient_unstructured_G0_reaches_lme4s_boundary_optimum(method):
                                atol=BLUP_ATOL_BOUNDARY * np.abs(R).max())
 
 
+def test_correlation_one_boundary_matches_lme4():
+    """A d = 2 term whose correlation goes to −1 (rank-1 G₀): lme4's optimum and isSingular."""
+    ref = json.loads((DATA / "correlation_one_slope.json").read_text())
+    d = pd.read_csv(DATA / "correlation_one_slope.csv")
+    with pytest.warns(mme.SingularFitWarning, match="rank 1 of 2"):
+        fit = mme.fit("y ~ x + (1 + x | g)", d)
+    assert ref["isSingular"] and fit.singular and fit.converged
+    assert fit.loglik >= ref["loglik"] - LOGLIK_ATOL_BOUNDARY
+    assert fit.loglik - ref["loglik"] < 1e-4
+    est = fit.variance_components["estimate"].to_numpy()
+    G0_ref = np.array(ref["G0"])
+    np.testing.assert_allclose(est[:3], [G0_ref[0, 0], G0_ref[1, 1], G0_ref[1, 0]], rtol=0,
+                               atol=G0_ATOL_BOUNDARY * np.abs(G0_ref).max())
+    np.testing.assert_allclose(est[3], ref["sigma2"], rtol=G0_ATOL_BOUNDARY)
+
+
 def test_boundary_form_criterion_equals_the_mme_criterion_inside_the_cone():
     """The Λ form's −2ℓ(λ, σ²ₑ) is the G⁻¹ form's −2ℓ(θ) at the same point (REML and ML)."""
     from mme.boundary import RelativeFactorForm
