@@ -108,3 +108,21 @@ def test_supernodal_rejects_a_broken_pattern():
     sn = _core.supernodes(indptr, indices, -1, 1024)
     with pytest.raises(_core.PatternError):
         _core.selected_inverse_supernodal(indptr, indices, Lx, np.empty(5), sn)
+
+
+def test_all_cores_for_large_restores_the_bundled_blas_threads():
+    """The selected inverse's thread switch (``_threads.all_cores_for_large``) is scoped."""
+    import threadpoolctl  # a core dependency
+    from mme import _threads
+    pools = _threads._pools()
+    if not pools or not pools[0]:
+        pytest.skip("no wheel-bundled OpenBLAS in this environment")
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        before = [c.num_threads for c in pools[0]]
+        with _threads.all_cores_for_large(True):
+            inside = [c.num_threads for c in _threads._pools()[0]]
+        after = [c.num_threads for c in _threads._pools()[0]]
+        with _threads.all_cores_for_large(False):
+            small = [c.num_threads for c in _threads._pools()[0]]
+    assert before == after == small == [1] * len(before)
+    assert inside == [_threads.available_cores()] * len(before)

@@ -8,35 +8,44 @@ pools fight over them after every switch from one library to the other. On the
 2-core benchmark machine the crossed 73k-record fit took 2.3 s with both pools
 at 2 threads and 1.2 s with the wheel-bundled pools at 1 (benchmarks/README.md).
 ``dense_blas_threads`` limits the bundled pools during a fit and restores them.
+
+A large supernodal selected inverse is the exception: it runs for seconds to
+minutes while CHOLMOD's pool sleeps, so ``all_cores_for_large`` gives the bundled
+pools every core for that one call when L is big enough for threads to pay
+(``MME.selected_inverse``).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 
 #: Substrings of the wheel-bundled OpenBLAS builds of NumPy and SciPy.
 _BUNDLED = ("scipy_openblas", "numpy.libs", "scipy.libs")
 
 
-@contextlib.contextmanager
-def dense_blas_threads(n: int | None):
-    """Run the block with NumPy/SciPy's own BLAS limited to ``n`` threads (None: as is)."""
-    if n is None:
-        yield
-        return
+def _pools():
+    """(bundled, system) BLAS pools as threadpoolctl controllers; None without threadpoolctl."""
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:          # optional: without it the pools are left alone
-        yield
-        return
+        return None
     controller = ThreadpoolController()
     bundled = [c for c in controller.lib_controllers
                if c.user_api == "blas" and any(s in c.filepath for s in _BUNDLED)]
     system = [c for c in controller.lib_controllers
               if c.user_api == "blas" and c not in bundled]
-    if not bundled or not system:
-        # one BLAS for everything: no second pool to fight with
-        yield
-        return
+    return bundled, system
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:       # not Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _bundled_threads(bundled: list, n: int):
     saved = [c.num_threads for c in bundled]
     for c in bundled:
         c.set_num_threads(int(n))
@@ -45,3 +54,29 @@ def dense_blas_threads(n: int | None):
     finally:
         for c, k in zip(bundled, saved):
             c.set_num_threads(k)
+
+
+@contextlib.contextmanager
+def all_cores_for_large(large: bool):
+    """Give NumPy/SciPy's bundled BLAS every available core for the block when ``large``."""
+    pools = _pools() if large else None
+    if not pools or not pools[0]:
+        yield
+        return
+    with _bundled_threads(pools[0], available_cores()):
+        yield
+
+
+@contextlib.contextmanager
+def dense_blas_threads(n: int | None):
+    """Run the block with NumPy/SciPy's own BLAS limited to ``n`` threads (None: as is)."""
+    if n is None:
+        yield
+        return
+    pools = _pools()
+    if not pools or not pools[0] or not pools[1]:
+        # no threadpoolctl, or one BLAS for everything: no second pool to fight with
+        yield
+        return
+    with _bundled_threads(pools[0], n):
+        yield

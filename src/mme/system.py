@@ -18,6 +18,7 @@ from sksparse import cholmod
 
 from . import _core
 from ._errors import NotPositiveDefiniteError
+from ._threads import all_cores_for_large
 from .covariance import BlockStructure
 from .design import Design
 
@@ -32,6 +33,8 @@ def csc_slots(M: sp.csc_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
 
 #: Largest dense trailing block of L inverted with LAPACK (w² doubles of memory).
 MAX_DENSE_TAIL = 12000
+#: nnz(L) from which the selected inverse runs SciPy's BLAS on every core (``_threads``)
+PARALLEL_SELINV_MIN_NNZ = 20_000_000
 #: Widest supernode taken as one block by the supernodal selected inverse (w² doubles).
 MAX_SUPERNODE_WIDTH = 1024
 
@@ -165,7 +168,9 @@ class MME:
         Zx = np.empty_like(L.data)
         if self._supernodes is None or self._supernodes[0] != L.nnz:
             self._supernodes = (L.nnz, supernode_partition(L))
-        _core.selected_inverse_supernodal(L.indptr, L.indices, L.data, Zx, self._supernodes[1])
+        with all_cores_for_large(L.nnz >= PARALLEL_SELINV_MIN_NNZ):
+            _core.selected_inverse_supernodal(L.indptr, L.indices, L.data, Zx,
+                                              self._supernodes[1])
         pinv = np.empty(self.dim, dtype=np.int64)
         pinv[self.factor.P()] = np.arange(self.dim)
         r, c = pinv[rows], pinv[cols]
