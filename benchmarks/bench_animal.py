@@ -15,9 +15,9 @@ one job: ``simulate`` (writes ``benchmarks/work/animal_n{n}_s{seed}.pkl``),
 ``stages`` (each stage once, in order, timed alone) and ``fit`` (``mme.fit``
 end to end, REML). Sizes in ``--pcg-sizes`` (1M by default) get only BLUP
 with known variances by PCG (``mme.pcg``), no factorization. The direct route
-does work at 1M on this simulated pedigree (``results_animal_1m.md``: nnz(L)
-240M, factorization 125 s, one REML round 259 s = 2.1 factorizations, 9.4 GiB
-peak), but a full AI-REML fit (~10 rounds) takes ~45 min, beyond the default
+does work at 1M on this simulated pedigree (``results_animal_1m.md``, AMD EPYC,
+2 cores: nnz(L) 240M, factorization 52 s, a REML round 163 s, the whole
+AI-REML fit 17 min in 9.4 GiB) with ``--budget-minutes 60``, beyond the default
 budget.
 
 Stages (``stages`` job):
@@ -420,9 +420,8 @@ def render(results, args, machine_md):
                   "`mme.pcg.solve_pcg` (assembled C, Jacobi and block preconditioners, tol 1e-8 "
                   "relative residual): no REML, no PEV/reliabilities. "
                   "Reason: time, not memory: on this simulated pedigree a 1M-animal "
-                  "factorization takes ~2 min and a REML round ~4 min in 9.4 GiB "
-                  "(`results_animal_1m.md`), so a full REML fit would not fit the time "
-                  "budget:" + _projection(results), ""]
+                  "REML fit takes ~17 min in 9.4 GiB on 2 cores (`results_animal_1m.md`, "
+                  "run with `--budget-minutes 60`), beyond this run's budget:" + _projection(results), ""]
         for r in results["pcg"]:
             if "error" in r:
                 lines.append(f"- {r['n']:,}: failed: {r['error']}")

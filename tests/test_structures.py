@@ -378,8 +378,9 @@ def test_plot_needs_matplotlib(lme4_fit, monkeypatch):
 #: (``mme.boundary``). logLik: ours may exceed lme4's (bobyqa stops within ~1e-8), never
 #: fall below by more than LOGLIK_ATOL_BOUNDARY. G₀/σ²ₑ: both optimisers stop on a flat
 #: ridge (lme4's Λ has a 7e-6 entry ours has at 0): 1e-4 of the largest element. β, SE,
-#: Satterthwaite and Kenward–Roger df, BLUPs: computed at G₀ with its null eigenvalues raised to 1e-6 ×
-#: the largest (``fit.BOUNDARY_FLOOR``); measured 5e-7, 8e-6, 2e-5, 5e-6 of the largest.
+#: Satterthwaite and Kenward–Roger df, BLUPs: computed at G₀ with its null eigenvalues
+#: raised to 1e-6 × the largest (``fit.BOUNDARY_FLOOR``); measured 5e-7, 8e-6, 2e-5
+#: (KR 1e-5), 5e-6 of the largest.
 LOGLIK_ATOL_BOUNDARY = 1e-6
 G0_ATOL_BOUNDARY = 1e-4
 BETA_RTOL_BOUNDARY = 1e-5
@@ -469,3 +470,20 @@ def test_boundary_form_criterion_equals_the_mme_criterion_inside_the_cone():
         np.testing.assert_allclose(form.m2ll(lam, 0.9), model.evaluate(theta, derivatives=False).m2ll,
                                    rtol=RTOL_EXACT * 100)
         np.testing.assert_allclose(form.theta_of(lam, 0.9), theta, rtol=1e-12)
+
+
+def test_marginal_covariance_of_a_boundary_fit_uses_the_reported_singular_G0():
+    d = pd.read_csv(DATA / "correlation_one_slope.csv")
+    with pytest.warns(mme.SingularFitWarning):
+        fit = mme.fit("y ~ x + (1 + x | g)", d)
+    rows = np.arange(12)
+    V = fit.marginal_covariance(rows).toarray()
+    vc = fit.variance_components["estimate"].to_numpy()
+    G0 = np.array([[vc[0], vc[2]], [vc[2], vc[1]]])
+    Z = np.zeros((12, 4))   # rows 0-11 are groups g1, g2 (6 records each)
+    x = d["x"].to_numpy()[:12]
+    for i in range(12):
+        Z[i, 2 * (i // 6)] = 1.0
+        Z[i, 2 * (i // 6) + 1] = x[i]
+    dense = Z @ np.kron(np.eye(2), G0) @ Z.T + vc[3] * np.eye(12)
+    np.testing.assert_allclose(V, dense, rtol=RTOL_EXACT, atol=RTOL_EXACT * np.abs(dense).max())

@@ -61,6 +61,11 @@ class Internals:
         self.boundary = boundary      # the Λ-form optimum of a boundary fit, else None
 
     @property
+    def theta_reported(self) -> np.ndarray:
+        """θ̂ as reported: on a boundary fit the Λ form's exact (singular) one, else ``theta``."""
+        return self.boundary.theta if self.boundary is not None else self.theta
+
+    @property
     def has_variances(self) -> bool:
         """True when θ was estimated for a model with random terms (df need θ's covariance)."""
         return bool(self.model.mme.structures) and self.estimated

@@ -58,7 +58,7 @@ def marginal_covariance(fit, rows=None, force: bool = False) -> sp.csc_matrix:
     if m > MAX_ROWS and not force:
         raise DataError(f"marginal_covariance of {m} rows would hold up to {m}² entries; "
                         f"choose rows (at most {MAX_ROWS}) or pass force=True")
-    G0s, s2e = fit.internals.model.split(fit.internals.theta)
+    G0s, s2e = fit.internals.model.split(fit.internals.theta_reported)
     # R = σ²ₑ I on the chosen rows: Eᵣ Eᵣ' with Eᵣ the selection of rows `idx`
     E = sp.csr_matrix((np.ones(m), (np.arange(m), idx)), shape=(m, n))
     V = (s2e * (E @ E.T)).tocsc()
