@@ -32,8 +32,6 @@ from sksparse import cholmod
 from .reml import Model
 from .system import csc_slots
 
-LOG2PI = np.log(2.0 * np.pi)
-
 #: COBYQA's final trust-region radius on λ (relative standard deviations):
 #: lme4's bobyqa stops at 2e-7 on the deviance; 1e-7 on λ reaches the same logLik
 #: to well below 1e-6 on the reference cases.
@@ -86,22 +84,20 @@ class RelativeFactorForm:
         P = sp.tril(T1.T @ A @ T1).tocoo()
         rows = [P.row.astype(np.int64), np.arange(self.dim, dtype=np.int64)]
         cols = [P.col.astype(np.int64), np.arange(self.dim, dtype=np.int64)]
+        k_rows, k_cols, k_vals = [], [], []
         for s in self.blocks:
             diag_pairs = np.flatnonzero(s.pair_index % (s.d + 1) == 0)  # (a, a) slots: I ⊗ K⁻¹
-            rows.append(s.rows[diag_pairs])
-            cols.append(s.cols[diag_pairs])
-        r, c = np.concatenate(rows), np.concatenate(cols)
+            k_rows.append(s.rows[diag_pairs])
+            k_cols.append(s.cols[diag_pairs])
+            k_vals.append(s.kvals[diag_pairs])
+        r, c = np.concatenate(rows + k_rows), np.concatenate(cols + k_cols)
         C = sp.csc_matrix((np.zeros(r.shape[0]), (r, c)), shape=(self.dim, self.dim))
         C.sum_duplicates()
         C.sort_indices()
         self.C = C
-        kslots, kvals = [], []
-        for s in self.blocks:
-            diag_pairs = np.flatnonzero(s.pair_index % (s.d + 1) == 0)
-            kslots.append(csc_slots(C, s.rows[diag_pairs], s.cols[diag_pairs]))
-            kvals.append(s.kvals[diag_pairs])
-        self.kslots = np.concatenate(kslots) if kslots else np.zeros(0, np.int64)
-        self.kvals = np.concatenate(kvals) if kvals else np.zeros(0)
+        self.kslots = csc_slots(C, np.concatenate(k_rows + [np.zeros(0, np.int64)]),
+                                np.concatenate(k_cols + [np.zeros(0, np.int64)]))
+        self.kvals = np.concatenate(k_vals + [np.zeros(0)])
 
     # -- parameters ----------------------------------------------------------
     def lambdas(self, lam: np.ndarray) -> list:
