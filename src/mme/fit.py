@@ -221,7 +221,7 @@ def _interior(model: Model, theta: np.ndarray) -> tuple:
     Each G₀'s eigenvalues are raised to at least ``BOUNDARY_FLOOR`` × its largest,
     a variance at zero to 1e-10 × max|θ| (``fit_variances``' bound, flagged at_bound).
     """
-    out, at_bound, i = [], [], 0
+    out, at_bound = [], []
     G0s, s2e = model.split(theta)
     lb = 1e-10 * np.abs(theta).max()
     for s, G in zip(model.mme.structures, G0s):
