@@ -180,7 +180,7 @@ def fit_on_boundary(model: Model, theta0: np.ndarray, max_eval: int | None = Non
     """Maximise the profiled REML/ML likelihood over λ from the AI-REML estimate θ₀."""
     form = RelativeFactorForm(model)
     lam0 = form.lam_of(theta0)
-    start = form.evaluate(lam0)[0]
+    start, start_s2e, _ = form.evaluate(lam0)
     k = lam0.shape[0]
     scale = max(float(np.max(np.abs(lam0))), 1e-3)
     res = minimize(lambda x: form.evaluate(x)[0], lam0, method="COBYQA", bounds=form.bounds(),
@@ -189,7 +189,7 @@ def fit_on_boundary(model: Model, theta0: np.ndarray, max_eval: int | None = Non
     lam = np.asarray(res.x, float)
     m2ll, s2e, _ = form.evaluate(lam)
     if m2ll > start:
-        lam, (m2ll, s2e, _) = lam0, form.evaluate(lam0)
+        lam, m2ll, s2e = lam0, start, start_s2e
     return BoundaryResult(lam=lam, theta=form.theta_of(lam, s2e), m2ll=m2ll, n_eval=form.n_eval,
                           start_m2ll=start, message=str(res.message))
 
