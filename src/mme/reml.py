@@ -100,6 +100,15 @@ class Model:
             out += [a == b for a, b in s.pairs]
         return np.array(out + [True])
 
+    def log_scale_index(self) -> np.ndarray:
+        """Mask of θ entries stepped on the log scale: σ²ₑ and the variance of each
+        scalar (d = 1) G₀. Elements of a d ≥ 2 G₀ stay on the linear scale, where
+        positive definiteness is checked as a whole."""
+        out = []
+        for s in self.mme.structures:
+            out += [s.d == 1] * s.n_params
+        return np.array(out + [True])
+
     def feasible(self, theta: np.ndarray) -> bool:
         G0s, s2e = self.split(theta)
         return s2e > 0 and all(is_psd(G, 1e-12) for G in G0s)
@@ -213,33 +222,129 @@ class Model:
 
 #: consecutive failed AI steps (EM fallbacks) before ``fit_variances`` hands over
 HAND_OVER_AFTER = 3
+#: Converged when the Newton decrement score'·AI⁻¹·score at θ falls below this: AI is
+#: the information, so θ is then within √1e-9 ≈ 3e-5 standard errors of the optimum.
+TOL_DECREMENT_ABS = 1e-9
+#: A log-scale AI step multiplies a variance by at most e^LOG_STEP_MAX; a Newton step
+#: that asks for more (a variance leaving its lower bound) is taken on the linear scale.
+LOG_STEP_MAX = 1.0
+#: ... and divides it by at most e^-LOG_STEP_MIN per step
+LOG_STEP_MIN = -5.0
+
+
+def ai_trial(theta: np.ndarray, delta: np.ndarray, step: float, log_mask: np.ndarray) -> np.ndarray:
+    """θ after a fraction ``step`` of the AI (Newton) step ``delta``.
+
+    ``delta`` solves AI·δ = score on the linear scale. For the entries in
+    ``log_mask`` the same step is taken in log σ²: with D = diag(σ²) the score
+    in log σ² is D·score and the AI matrix D·AI·D, so the Newton step there is
+    δ/σ², and σ² ← σ²·exp(step·δ/σ²). The REML surface is closer to quadratic in
+    log σ² than in σ² for a variance estimated from few levels (a department
+    factor of 14 levels, say), and a decrease can never cross zero; on the
+    73k-record crossed benchmark the iteration reaches the optimum in 4 steps
+    instead of 8 (benchmarks/results_crossed.md).
+    """
+    trial = theta + step * delta
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        r = step * delta / theta
+    use_log = log_mask & (theta > 0) & (r <= LOG_STEP_MAX)
+    trial[use_log] = theta[use_log] * np.exp(np.maximum(r[use_log], LOG_STEP_MIN))
+    return trial
+
+
+def _newton_step(ev: Evaluation, free: np.ndarray) -> np.ndarray:
+    """δ with AI[free, free] δ[free] = score[free], zero elsewhere."""
+    delta = np.zeros(ev.score.shape[0])
+    A, g = ev.AI[np.ix_(free, free)], ev.score[free]
+    try:
+        delta[free] = np.linalg.solve(A, g)
+    except np.linalg.LinAlgError:
+        delta[free] = np.linalg.lstsq(A, g, rcond=None)[0]
+    return delta
+
+
+def _identity_K(block) -> bool:
+    K = block.Kinv
+    return K.nnz == block.n_levels and bool(np.all(K.diagonal() == 1.0))
+
+
+def _moment_variance(Z, r: np.ndarray) -> float | None:
+    """σ²_g of one scalar random term from OLS residuals r, ignoring the other terms.
+
+    The one-way ANOVA (moment) estimator (MSB − MSW)/n₀ on the levels j of the term,
+    with the column weights zᵢⱼ of Z (1 for ``(1|g)``, x for ``(0 + x|g)``):
+    wⱼ = Σᵢ zᵢⱼ², level means r̄ⱼ = Σᵢ zᵢⱼ rᵢ / wⱼ, W = Σⱼ wⱼ, over the J levels and n
+    rows the term touches:
+
+        MSB = (Σⱼ wⱼ r̄ⱼ² − (Σⱼ wⱼ r̄ⱼ)² / W) / (J − 1)
+        MSW = (Σᵢ rᵢ² − Σⱼ wⱼ r̄ⱼ²) / (n − J)
+        n₀  = (W − Σⱼ wⱼ² / W) / (J − 1)
+
+    None when J < 2 or n ≤ J (not identified from the rows alone).
+    """
+    w = np.asarray(Z.multiply(Z).sum(axis=0)).ravel()
+    seen = w > 0
+    J = int(seen.sum())
+    rows = np.diff(Z.tocsr().indptr) > 0
+    n = int(rows.sum())
+    if J < 2 or n <= J:
+        return None
+    w, S = w[seen], (Z.T @ r)[seen]       # Sⱼ = wⱼ r̄ⱼ
+    W = float(w.sum())
+    between = float(np.sum(S ** 2 / w))
+    msb = (between - float(S.sum()) ** 2 / W) / (J - 1)
+    msw = (float(r[rows] @ r[rows]) - between) / (n - J)
+    n0 = (W - float(w @ w) / W) / (J - 1)
+    return (msb - msw) / n0
+
+
+def _decrement(ev: Evaluation, free: np.ndarray) -> float:
+    """score'·AI⁻¹·score over the free parameters (NaN without derivatives)."""
+    if ev.score is None or ev.AI is None:
+        return float("nan")
+    return float(ev.score[free] @ _newton_step(ev, free)[free])
 
 
 def starting_values(model: Model) -> np.ndarray:
-    """σ²ₑ and each G₀'s diagonal share the residual variance of an OLS fit."""
+    """Moment starts from the OLS residuals, where cheap and defined.
+
+    A scalar term with K = I (``(1|g)``, ``(0 + x|g)``) starts at its one-way ANOVA
+    estimate (``_moment_variance``, floored at 1% of the residual variance of the OLS
+    fit, v); other blocks (d ≥ 2, or a pedigree/genomic K) share half of v with their
+    diagonal scaled by the mean squared row sum of Z; σ²ₑ starts at what is left of
+    v, at least 10% of it. On crossed designs the moment starts leave the AI
+    iteration 3 steps instead of 5–6 from the optimum (benchmarks/results_crossed.md).
+    """
     mme = model.mme
     X, y = mme.design.X, mme.y
     r = ols_residuals(X, y)
     v = max(float(r @ r) / max(len(y) - X.shape[1], 1), 1e-8 * max(float(y @ y) / len(y), 1e-300))
     nb = len(mme.structures)
-    theta = []
+    theta, explained = [], 0.0
     for s in mme.structures:
         Zcol_ms = np.array([
             float(np.mean(np.asarray(s.block.Z[:, a * s.L:(a + 1) * s.L].sum(axis=1)).ravel() ** 2))
             for a in range(s.d)])
-        G0 = np.diag(0.5 * v / nb / np.maximum(Zcol_ms, 1e-12))
+        g = _moment_variance(s.block.Z, r) if s.d == 1 and _identity_K(s.block) else None
+        if g is not None:
+            G0 = np.array([[max(g, 0.01 * v / max(Zcol_ms[0], 1e-12))]])
+        else:
+            G0 = np.diag(0.5 * v / nb / np.maximum(Zcol_ms, 1e-12))
+        explained += float(np.diag(G0) @ Zcol_ms)
         theta.append(s.theta_of(G0))
-    return np.concatenate(theta + [np.array([0.5 * v if nb else v])])
+    return np.concatenate(theta + [np.array([max(v - explained, 0.1 * v)])])
 
 
 def fit_variances(model: Model, theta0: np.ndarray | None = None, max_iter: int = 200,
-                  n_em: int = 2, tol_ll: float = 1e-9, tol_decrement: float = 1e-9,
+                  n_em: int = 0, tol_ll: float = 1e-9, tol_decrement: float = 1e-9,
                   verbose: bool = False, hand_over=None) -> REMLResult:
     """AI-REML (or AI-ML) from ``theta0``: EM steps first, AI steps with step-halving,
     EM as a fallback; variances kept ≥ a small bound, G₀ kept positive definite.
 
-    Converged when both the change in log-likelihood and the Newton decrement
-    score'·AI⁻¹·score fall below their tolerances. ``hand_over(θ) -> bool``: when
+    Converged when the Newton decrement score'·AI⁻¹·score at the current θ is below
+    ``TOL_DECREMENT_ABS`` (θ within ~3e-5 standard errors of the optimum), or when it
+    and the last change in log-likelihood are both below their tolerances relative
+    to |log L| (the floor set by rounding in very large models). ``hand_over(θ) -> bool``: when
     AI steps fail ``HAND_OVER_AFTER`` times running (EM fallbacks) at a θ for which it
     is true — a G₀ heading for the boundary of the PSD cone, where EM crawls — stop
     without a warning and say so (``handed_over``) for another method to finish.
@@ -247,9 +352,11 @@ def fit_variances(model: Model, theta0: np.ndarray | None = None, max_iter: int 
     theta = starting_values(model) if theta0 is None else np.asarray(theta0, float)
     t0 = time.perf_counter()
     ev = model.evaluate(theta)
-    history = [IterationRecord(0, "start", theta.copy(), ev.loglik, 0.0, np.nan,
-                               time.perf_counter() - t0)]
     var_mask = model.variance_index()
+    history = [IterationRecord(0, "start", theta.copy(), ev.loglik, 0.0,
+                               _decrement(ev, np.ones(model.k, dtype=bool)),
+                               time.perf_counter() - t0)]
+    log_mask = var_mask & model.log_scale_index()
     converged = False
     at_bound = np.zeros(model.k, dtype=bool)
     it, fallbacks, handed_over = 0, 0, False
@@ -261,18 +368,12 @@ def fit_variances(model: Model, theta0: np.ndarray | None = None, max_iter: int 
             new = model.em_step(ev)
             kind, step = "EM", 1.0
             ev_new = model.evaluate(new)
-            decrement = np.nan
         else:
             free = ~(at_bound & (ev.score < 0))
-            delta = np.zeros(model.k)
-            try:
-                delta[free] = np.linalg.solve(ev.AI[np.ix_(free, free)], ev.score[free])
-            except np.linalg.LinAlgError:
-                delta[free] = np.linalg.lstsq(ev.AI[np.ix_(free, free)], ev.score[free], rcond=None)[0]
-            decrement = float(ev.score[free] @ delta[free])
+            delta = _newton_step(ev, free)
             step, ev_new, kind = 1.0, None, "AI"
             for h in range(12):
-                trial = theta + step * delta
+                trial = ai_trial(theta, delta, step, log_mask)
                 low = var_mask & (trial < lb)
                 trial[low] = lb
                 if model.feasible(trial):
@@ -292,17 +393,23 @@ def fit_variances(model: Model, theta0: np.ndarray | None = None, max_iter: int 
         change = ev_new.loglik - ev.loglik
         theta, ev = ev_new.theta, ev_new
         fallbacks = fallbacks + 1 if kind == "EM (fallback)" else 0
-        rec = IterationRecord(it, kind, theta.copy(), ev.loglik, step, decrement,
+        # the Newton decrement at the new θ: score and AI are already there, so the
+        # test costs nothing and saves the confirming step
+        decrement_new = _decrement(ev, ~(at_bound & (ev.score < 0)))
+        rec = IterationRecord(it, kind, theta.copy(), ev.loglik, step, decrement_new,
                               time.perf_counter() - t1)
         history.append(rec)
         log.info("iter %d %s loglik=%.10g step=%.3g decrement=%.3g theta=%s (%.3fs)",
-                 it, kind, ev.loglik, step, decrement, np.array2string(theta, precision=6),
+                 it, kind, ev.loglik, step, decrement_new, np.array2string(theta, precision=6),
                  rec.seconds)
         if verbose:
             print(f"iter {it:3d} {kind:14s} loglik {ev.loglik:.10f} step {step:.3g} "
-                  f"theta {np.array2string(theta, precision=6)} ({rec.seconds:.3f}s)")
-        if it > n_em and abs(change) < tol_ll * max(1.0, abs(ev.loglik)) \
-                and decrement < tol_decrement * max(1.0, abs(ev.loglik)):
+                  f"decrement {decrement_new:.3g} theta {np.array2string(theta, precision=6)} "
+                  f"({rec.seconds:.3f}s)")
+        tol = max(1.0, abs(ev.loglik))
+        if it > n_em and 0.0 <= decrement_new and (
+                decrement_new < TOL_DECREMENT_ABS
+                or (decrement_new < tol_decrement * tol and abs(change) < tol_ll * tol)):
             converged = True
             break
         if hand_over is not None and fallbacks >= HAND_OVER_AFTER and hand_over(theta):

@@ -99,7 +99,8 @@ class Fit:
 
     @property
     def iteration_log(self) -> pd.DataFrame:
-        """One row per REML iteration: kind of step, log-likelihood, step, θ, seconds."""
+        """One row per REML iteration: kind of step, log-likelihood, step length, the
+        Newton decrement score'·AI⁻¹·score at the new θ (the convergence test), θ, seconds."""
         rows = [{"iteration": r.iteration, "kind": r.kind, "loglik": r.loglik, "step": r.step,
                  "decrement": r.decrement, "seconds": r.seconds,
                  **{f"theta{i}": t for i, t in enumerate(r.theta)}} for r in self.history]

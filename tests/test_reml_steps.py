@@ -1,0 +1,72 @@
+"""The AI-REML iteration's pieces: moment starting values, the log-scale step for
+variances, and the Newton-decrement convergence test."""
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import mme
+from mme import reml
+from conftest import load_case
+
+#: closed-form moment estimator vs the same textbook formula coded with pandas
+RTOL_MOMENT = 1e-12
+
+
+def _textbook_one_way(groups: np.ndarray, r: np.ndarray) -> float:
+    """(MSB − MSW)/n₀ of the unbalanced one-way ANOVA (e.g. Searle, Casella & McCulloch 1992, §3.5)."""
+    df = pd.DataFrame({"g": groups, "r": r})
+    g = df.groupby("g")["r"]
+    n_j, mean_j = g.size().to_numpy(float), g.mean().to_numpy()
+    n, J = len(r), len(n_j)
+    grand = r.mean()
+    msb = np.sum(n_j * (mean_j - grand) ** 2) / (J - 1)
+    msw = np.sum((r - g.transform("mean").to_numpy()) ** 2) / (n - J)
+    n0 = (n - np.sum(n_j ** 2) / n) / (J - 1)
+    return (msb - msw) / n0
+
+
+def test_moment_start_is_the_one_way_anova_estimator():
+    rng = np.random.default_rng(7)
+    J = 12
+    sizes = rng.integers(2, 9, size=J)
+    groups = np.repeat(np.arange(J), sizes)
+    r = rng.normal(size=J)[groups] * 0.8 + rng.normal(size=groups.size)
+    Z = sp.csc_matrix((np.ones(groups.size), (np.arange(groups.size), groups)))
+    got = reml._moment_variance(Z, r)
+    assert got == pytest.approx(_textbook_one_way(groups, r), rel=RTOL_MOMENT)
+
+
+def test_moment_start_not_identified_returns_none():
+    # one record per level: between and within cannot be told apart
+    Z = sp.identity(5, format="csc")
+    assert reml._moment_variance(Z, np.arange(5.0)) is None
+
+
+def test_log_scale_step_keeps_variances_positive():
+    theta = np.array([0.02, 0.5, 1.0, 3.0])
+    delta = np.array([-0.05, 0.2, -0.4, 1.5])       # the first would cross zero linearly
+    log_mask = np.array([True, True, True, False])
+    got = reml.ai_trial(theta, delta, 1.0, log_mask)
+    # log σ² scale: σ² · exp(δ/σ²) (Newton step δ/σ² there), linear for the rest
+    expected = np.array([0.02 * np.exp(-2.5), 0.5 * np.exp(0.4), 1.0 * np.exp(-0.4), 4.5])
+    np.testing.assert_allclose(got, expected, rtol=1e-14)
+    # a variance leaving its lower bound (δ/σ² > LOG_STEP_MAX) moves linearly
+    got = reml.ai_trial(np.array([1e-8]), np.array([0.3]), 1.0, np.array([True]))
+    np.testing.assert_allclose(got, [1e-8 + 0.3], rtol=1e-14)
+    # halved steps halve the log-scale step
+    got = reml.ai_trial(theta, delta, 0.5, log_mask)
+    np.testing.assert_allclose(got[0], 0.02 * np.exp(-1.25), rtol=1e-14)
+
+
+def test_converged_fit_has_small_decrement_and_matches_a_further_step():
+    ref, df = load_case("penicillin")
+    fit = mme.fit(ref["formula"], df)
+    log = fit.iteration_log
+    assert fit.converged
+    assert log["decrement"].iloc[-1] < reml.TOL_DECREMENT_ABS
+    # continuing from the converged θ moves no variance by more than its 1e-4 SE
+    model = fit.internals.model
+    res = reml.fit_variances(model, theta0=fit.internals.theta)
+    se = np.sqrt(np.diag(np.linalg.inv(res.evaluation.AI)))
+    assert np.all(np.abs(res.theta - fit.internals.theta) < 1e-4 * se)
