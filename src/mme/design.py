@@ -202,11 +202,19 @@ def _fixed_matrix(mf: ModelFormula, data: pd.DataFrame) -> tuple:
     return X, tuple(n for n, k in zip(names, keep) if k), aliased, mm.model_spec
 
 
-def _levels_of(col: pd.Series) -> list:
+def _codes_levels(col: pd.Series) -> tuple:
+    """Integer codes of a grouping column and its levels in R's order: a categorical's
+    categories that occur, otherwise the sorted distinct values (``pd.factorize``)."""
     if isinstance(col.dtype, pd.CategoricalDtype):
         present = set(col.unique())
-        return [c for c in col.cat.categories if c in present]
-    return sorted(col.unique())
+        lv = [c for c in col.cat.categories if c in present]
+        return pd.Index(lv).get_indexer(col), lv
+    try:
+        codes, uniques = pd.factorize(col, sort=True)
+    except TypeError:                # mixed types that do not sort together
+        lv = sorted(col.unique(), key=str)
+        return pd.Index(lv).get_indexer(col), lv
+    return codes, list(uniques)
 
 
 def group_codes(data: pd.DataFrame, factors: tuple) -> tuple:
@@ -217,9 +225,8 @@ def group_codes(data: pd.DataFrame, factors: tuple) -> tuple:
     """
     codes_list, labels_list = [], []
     for f in factors:
-        lv = _levels_of(data[f])
-        idx = pd.Index(lv)
-        codes_list.append(idx.get_indexer(data[f]))
+        codes, lv = _codes_levels(data[f])
+        codes_list.append(np.asarray(codes))
         labels_list.append([str(v) for v in lv])
     if len(factors) == 1:
         return codes_list[0].astype(np.int64), pd.Index(labels_list[0], dtype=object)
@@ -260,9 +267,12 @@ def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict) -> RandomB
             raise DataError(
                 f"random slope variable {v!r} in ({term.expr} | {term.group}) must be "
                 f"numeric, it is {data[v].dtype}")
-    mm = Formula(term.expr).get_model_matrix(data, output="pandas")
-    T = np.asarray(mm, dtype=float)
-    names = tuple(r_name(c) for c in mm.model_spec.column_names)
+    if term.expr.strip() == "1":     # (1|g): the common case, without a formulaic pass
+        T, names = np.ones((n, 1)), ("(Intercept)",)
+    else:
+        mm = Formula(term.expr).get_model_matrix(data, output="pandas")
+        T = np.asarray(mm, dtype=float)
+        names = tuple(r_name(c) for c in mm.model_spec.column_names)
     if T.shape[1] == 0:
         raise FormulaError(f"random term ({term.expr} | {term.group}) has no columns")
     if term.group in relmat:
