@@ -70,3 +70,31 @@ def test_converged_fit_has_small_decrement_and_matches_a_further_step():
     res = reml.fit_variances(model, theta0=fit.internals.theta)
     se = np.sqrt(np.diag(np.linalg.inv(res.evaluation.AI)))
     assert np.all(np.abs(res.theta - fit.internals.theta) < 1e-4 * se)
+
+
+def test_variance_heading_for_zero_is_tried_at_its_bound():
+    from types import SimpleNamespace
+    AI = np.diag([1.0 / 0.5 ** 2, 1.0 / 0.5 ** 2, 1.0 / 0.1 ** 2])   # SEs 0.5, 0.5, 0.1
+    ev = SimpleNamespace(AI=AI)
+    theta = np.array([0.02, 0.3, 1.0])
+    delta = np.array([-0.05, -0.4, 0.1])     # both variances would cross zero linearly
+    free = np.ones(3, dtype=bool)
+    mask = reml._heading_for_zero(ev, theta, delta, free, np.ones(3, dtype=bool))
+    # 0.02 < 0.1 × SE 0.5 jumps; 0.3 ≥ 0.05 keeps its log step; σ²ₑ does not cross zero
+    assert mask.tolist() == [True, False, False]
+    # a parameter held at its bound (not free) is left alone
+    free[0] = False
+    assert not reml._heading_for_zero(ev, theta, delta, free, np.ones(3, dtype=bool)).any()
+
+
+def test_zero_variance_reaches_the_bound_and_is_flagged():
+    rng = np.random.default_rng(5)
+    n = 300
+    a, b = rng.integers(0, 10, n), rng.integers(0, 30, n)
+    y = rng.normal(0, 1, 30)[b] + rng.normal(0, 1, n)          # no 'a' effect
+    df = pd.DataFrame({"y": y, "a": a.astype(str), "b": b.astype(str)})
+    with pytest.warns(mme.SingularFitWarning):
+        fit = mme.fit("y ~ 1 + (1|a) + (1|b)", df)
+    assert fit.converged
+    vc = fit.variance_components.set_index("group")["estimate"]
+    assert vc["a"] == 0.0 and vc["b"] > 0.5
