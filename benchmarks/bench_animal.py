@@ -371,7 +371,7 @@ def render(results, args, machine_md):
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
     line("**full REML fit (`mme.fit`)**", lambda r: f"**{r['fit']['seconds_fit']:.1f}**")
-    line("iterations (EM + AI)", lambda r: f"{r['fit']['n_iter']}")
+    line("AI-REML iterations (EM only as a fallback)", lambda r: f"{r['fit']['n_iter']}")
     line("seconds per iteration (`iteration_log`, median)",
          lambda r: f"{r['fit']['seconds_per_iteration']:.3f}")
     line("fit time outside the iterations", lambda r: f"{r['fit']['seconds_outside_iterations']:.1f}")
