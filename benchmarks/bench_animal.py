@@ -17,7 +17,7 @@ end to end, REML). Sizes in ``--pcg-sizes`` (1M by default) get only BLUP
 with known variances by PCG (``mme.pcg``), no factorization. The direct route
 does work at 1M on this simulated pedigree (``results_animal_1m.md``, AMD EPYC,
 2 cores: nnz(L) 240M, factorization 52 s, a REML round 163 s, the whole
-AI-REML fit 17 min in 9.4 GiB) with ``--budget-minutes 60``, beyond the default
+AI-REML fit 15 min in 9.4 GiB) with ``--budget-minutes 60``, beyond the default
 budget.
 
 Stages (``stages`` job):
@@ -420,7 +420,7 @@ def render(results, args, machine_md):
                   "`mme.pcg.solve_pcg` (assembled C, Jacobi and block preconditioners, tol 1e-8 "
                   "relative residual): no REML, no PEV/reliabilities. "
                   "Reason: time, not memory: on this simulated pedigree a 1M-animal "
-                  "REML fit takes ~17 min in 9.4 GiB on 2 cores (`results_animal_1m.md`, "
+                  "REML fit takes ~15 min in 9.4 GiB on 2 cores (`results_animal_1m.md`, "
                   "run with `--budget-minutes 60`), beyond this run's budget:" + _projection(results), ""]
         for r in results["pcg"]:
             if "error" in r:
