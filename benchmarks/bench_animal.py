@@ -177,7 +177,7 @@ def worker_stages(n, seed):
     res = T("PCG (known variances)", lambda: solve_pcg(design, {**truth["sigma2"]}, tol=1e-10))
     pcg_rel = float(np.linalg.norm(res.solution - direct) / np.linalg.norm(direct))
     return {"seconds": T.seconds, "rss_after": T.rss, "rss_data_gib": rss_data,
-            "nnz_L": nnz_L, "sum_colcount_sq": flops_chol, "nnz_C_lower": int(system.C.nnz), "dim_C": int(system.dim),
+            "nnz_L": nnz_L, "sum_colcount_sq": flops_chol, "ordering": system.ordering, "nnz_C_lower": int(system.C.nnz), "dim_C": int(system.dim),
             "nnz_Ainv": nnz_ainv, "pcg_iterations": res.n_iter,
             "pcg_rel_residual": res.rel_residual, "pcg_rel_diff_vs_direct": pcg_rel,
             "pcg_seconds": res.seconds, "peak_rss_gib": maxrss_gib()}
@@ -383,6 +383,7 @@ def render(results, args, machine_md):
     line("GFlop/s: factorization (Σc²/t) / selected inverse (2Σc²/t)",
          lambda r: f"{r['stages']['sum_colcount_sq'] / r['stages']['seconds']['numeric factorization'] / 1e9:.2f}"
                    f" / {2 * r['stages']['sum_colcount_sq'] / r['stages']['seconds']['selected inverse'] / 1e9:.2f}")
+    line("CHOLMOD ordering (`ordering=\"auto\"`)", lambda r: r["stages"].get("ordering", "default"))
     line("dim(C)", lambda r: f"{r['stages']['dim_C']:,}")
     line("nnz(C) (lower)", lambda r: f"{r['stages']['nnz_C_lower'] / 1e6:.2f} M")
     line("nnz(L)", lambda r: f"{r['stages']['nnz_L'] / 1e6:.1f} M")

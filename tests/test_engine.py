@@ -208,3 +208,19 @@ def test_boundary_fit_is_reported_singular_with_zero_variance():
     assert fit.loglik == pytest.approx(lm.loglik, abs=1e-6)
     assert vc.loc["Residual", "estimate"] == pytest.approx(
         lm.variance_components["estimate"].iloc[0], rel=1e-6)
+
+
+
+def test_auto_ordering_is_amd_with_a_pedigree_and_default_without():
+    from mme.system import choose_ordering
+    ex = json.loads((DATA / "mrode_3_1.json").read_text())
+    ped = mme.Pedigree.from_frame(pd.DataFrame(ex["pedigree"]))
+    fit = mme.fit("wwg ~ 0 + sex + (1|id)", pd.DataFrame(ex["data"]), relmat={"id": ped},
+                  variances=ex["variances"])
+    assert fit.internals.model.mme.ordering == "amd"
+    ref, df = load_case("penicillin")
+    fit = mme.fit(ref["formula"], df)
+    assert fit.internals.model.mme.ordering == "default"
+    # an explicit choice is passed on untouched
+    assert choose_ordering("metis", fit.internals.model.mme.structures) == "metis"
+    assert mme.fit(ref["formula"], df, ordering="metis").internals.model.mme.ordering == "metis"

@@ -52,6 +52,12 @@ class RandomBlock:
         return len(self.levels)
 
     @property
+    def k_is_identity(self) -> bool:
+        """True when K = I (no relationship matrix given)."""
+        K = self.Kinv
+        return K.nnz == self.n_levels and bool(np.all(K.diagonal() == 1.0))
+
+    @property
     def q(self) -> int:
         return self.d * self.n_levels
 

@@ -120,7 +120,7 @@ class Internals:
 
 
 def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict | None = None,
-        relmat: dict | None = None, ordering: str = "default", max_iter: int = 200,
+        relmat: dict | None = None, ordering: str = "auto", max_iter: int = 200,
         verbose: bool = False, dense_blas_threads: int | None = 1) -> Fit:
     """Fit a linear mixed model by REML (default) or ML.
 
@@ -140,7 +140,10 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict 
         ``{"id": mme.Pedigree}`` or ``{"id": (levels, Kinv)}``: the covariance of
         that term's effects is σ² K instead of σ² I.
     ordering : str
-        CHOLMOD's fill-reducing ordering ("default", "amd", "metis", "nesdis", ...).
+        CHOLMOD's fill-reducing ordering ("default", "amd", "metis", "nesdis", ...);
+        "auto" (the default): AMD for models with a relationship matrix, CHOLMOD's
+        default (AMD, and METIS when AMD fills in much) otherwise
+        (``system.choose_ordering``).
     dense_blas_threads : int or None
         Threads of NumPy/SciPy's bundled BLAS during the fit (CHOLMOD keeps the
         system BLAS's threads); 1 avoids two thread pools competing for the cores

@@ -285,11 +285,6 @@ def _newton_step(ev: Evaluation, free: np.ndarray) -> np.ndarray:
     return delta
 
 
-def _identity_K(block) -> bool:
-    K = block.Kinv
-    return K.nnz == block.n_levels and bool(np.all(K.diagonal() == 1.0))
-
-
 def _moment_variance(Z, r: np.ndarray) -> float | None:
     """σ²_g of one scalar random term from OLS residuals r, ignoring the other terms.
 
@@ -347,7 +342,7 @@ def starting_values(model: Model) -> np.ndarray:
         Zcol_ms = np.array([
             float(np.mean(np.asarray(s.block.Z[:, a * s.L:(a + 1) * s.L].sum(axis=1)).ravel() ** 2))
             for a in range(s.d)])
-        g = _moment_variance(s.block.Z, r) if s.d == 1 and _identity_K(s.block) else None
+        g = _moment_variance(s.block.Z, r) if s.d == 1 and s.block.k_is_identity else None
         if g is not None:
             G0 = np.array([[max(g, 0.01 * v / max(Zcol_ms[0], 1e-12))]])
         else:

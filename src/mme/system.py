@@ -65,6 +65,24 @@ def supernode_partition(L) -> np.ndarray:
     return starts
 
 
+def choose_ordering(ordering: str, structures: list) -> str:
+    """The CHOLMOD ordering for ``ordering="auto"``: AMD when a random term has a
+    relationship matrix (pedigree/genomic K), CHOLMOD's default otherwise.
+
+    CHOLMOD's default runs AMD and, when AMD's fill is large, METIS too, keeping the
+    sparser factor. On pedigree (A⁻¹) models AMD's factor was the one kept at every
+    size measured (10k, 100k, 300k, 1M animals: the same nnz(L)), and METIS's was
+    2.5–25% larger; asking for AMD alone halves the analysis (1M: 35 s vs 62 s; 300k
+    3.5 vs 6.5 s). Crossed K = I designs keep the default: there METIS wins
+    (73k crossed records: nnz(L) 735k vs AMD's 1.18M). Any other value is passed on.
+    """
+    if ordering != "auto":
+        return ordering
+    if any(not s.block.k_is_identity for s in structures):
+        return "amd"
+    return "default"
+
+
 class MME:
     """The coefficient matrix C (lower CSC), rhs and the Cholesky factor of one model.
 
@@ -76,7 +94,7 @@ class MME:
     factor : sksparse.cholmod.Factor, analyzed once (``n_analyze`` counts it)
     """
 
-    def __init__(self, design: Design, ordering: str = "default"):
+    def __init__(self, design: Design, ordering: str = "auto"):
         self.design = design
         X = design.X
         Zs = [b.Z for b in design.blocks]
@@ -92,7 +110,7 @@ class MME:
             self.structures.append(BlockStructure(b, offset))
             offset += b.q
         self._build_pattern()
-        self.ordering = ordering
+        self.ordering = choose_ordering(ordering, self.structures)
         self.factor = None
         self.n_analyze = 0
         self.n_factorize = 0
