@@ -72,7 +72,7 @@ def choose_ordering(ordering: str, structures: list) -> str:
     CHOLMOD's default runs AMD and, when AMD's fill is large, METIS too, keeping the
     sparser factor. On pedigree (A⁻¹) models AMD's factor was the one kept at every
     size measured (10k, 100k, 300k, 1M animals: the same nnz(L)), and METIS's was
-    2.5–25% larger; asking for AMD alone halves the analysis (1M: 35 s vs 62 s; 300k
+    2.5–25% larger; asking for AMD alone cuts the analysis (1M: 35–53 s vs 62 s; 300k
     3.5 vs 6.5 s). Crossed K = I designs keep the default: there METIS wins
     (73k crossed records: nnz(L) 735k vs AMD's 1.18M). Any other value is passed on.
     """
