@@ -134,11 +134,11 @@ def worker_simulate(n, seed):
 
 def worker_stages(n, seed):
     import mme
-    from mme.design import build_design
-    from mme.formula import parse_formula
-    from mme.pcg import solve_pcg
-    from mme.reml import Model
-    from mme.system import MME
+    from mme.model.design import build_design
+    from mme.model.formula import parse_formula
+    from mme.engine.pcg import solve_pcg
+    from mme.engine.reml import Model
+    from mme.engine.system import MME
     from sksparse import cholmod
 
     ped, phen, truth = load(n, seed)
@@ -216,9 +216,9 @@ def worker_fit(n, seed):
 
 def worker_pcg(n, seed):
     import mme
-    from mme.design import build_design
-    from mme.formula import parse_formula
-    from mme.pcg import solve_pcg
+    from mme.model.design import build_design
+    from mme.model.formula import parse_formula
+    from mme.engine.pcg import solve_pcg
 
     ped, phen, truth = load(n, seed)
     rss_data = maxrss_gib()

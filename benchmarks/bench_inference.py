@@ -77,7 +77,7 @@ def rel(a, b):
 
 def run_large(df, probes):
     import mme
-    from mme.kenward_roger import kenward_roger
+    from mme.inference.kenward_roger import kenward_roger
 
     steps = []
     tracemalloc.start()
@@ -110,7 +110,7 @@ def run_large(df, probes):
 
 def run_small(df, probes):
     import mme
-    from mme.kenward_roger import kenward_roger
+    from mme.inference.kenward_roger import kenward_roger
     from test_inference import dense_lb_ddf, dense_pbkrtest
 
     fit = mme.fit(FORMULA, df)

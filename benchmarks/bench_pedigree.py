@@ -59,7 +59,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
 
-    from mme.pedigree import Pedigree
+    from mme.breeding.pedigree import Pedigree
 
     df = simulate(args.generations, args.per_generation, args.sires, args.unknown, args.seed)
     if args.string_ids:

@@ -43,7 +43,7 @@ import pytest
 
 import mme
 from mme._errors import DataError
-from mme.pcg import blup_pcg, solve_pcg
+from mme.engine.pcg import blup_pcg, solve_pcg
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
 from simulate_animal import TRUE_VARIANCES, simulate_animal  # noqa: E402

@@ -81,7 +81,7 @@ def test_supernodal_selected_inverse_matches_dense(n, density, seed, ordering, m
 
 def test_supernodal_with_lapack_dense_tail_matches_dense():
     """The dense trailing triangle of L as one block (LAPACK dtrtri + dlauum)."""
-    from mme.system import dense_tail_start, supernode_partition
+    from mme.engine.system import dense_tail_start, supernode_partition
     A = _spd(800, 0.01, 1)
     f = analyze(sp.tril(A).tocsc(), mode="supernodal")
     f.cholesky_inplace(sp.tril(A).tocsc())

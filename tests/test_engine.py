@@ -212,7 +212,7 @@ def test_boundary_fit_is_reported_singular_with_zero_variance():
 
 
 def test_auto_ordering_is_amd_with_a_pedigree_and_default_without():
-    from mme.system import choose_ordering
+    from mme.engine.system import choose_ordering
     ex = json.loads((DATA / "mrode_3_1.json").read_text())
     ped = mme.Pedigree.from_frame(pd.DataFrame(ex["pedigree"]))
     fit = mme.fit("wwg ~ 0 + sex + (1|id)", pd.DataFrame(ex["data"]), relmat={"id": ped},

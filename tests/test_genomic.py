@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from mme.genomic import (DataError, NotPositiveDefiniteError, genomic_relationship,
+from mme.breeding.genomic import (DataError, NotPositiveDefiniteError, genomic_relationship,
                          single_step_inverse)
-from mme.pedigree import Pedigree, PedigreeError
+from mme.breeding.pedigree import Pedigree, PedigreeError
 
 from test_pedigree import simulate, tabular_A
 

@@ -16,9 +16,9 @@ import scipy.sparse as sp
 from scipy import stats
 
 import mme
-from mme.anova import DfMethodError, type3_contrasts
-from mme.kenward_roger import kenward_roger
-from mme.lrt import lrt
+from mme.inference.anova import DfMethodError, type3_contrasts
+from mme.inference.kenward_roger import kenward_roger
+from mme.inference.lrt import lrt
 
 from conftest import load_case
 
@@ -356,10 +356,10 @@ def test_hutchinson_traces_agree_with_exact():
     np.testing.assert_allclose(hu.df(L), ex.df(L), rtol=RTOL_HUTCHINSON)
     np.testing.assert_allclose(hu.vcov_adj, ex.vcov_adj, rtol=RTOL_HUTCHINSON)
     # the same seed gives the same numbers
-    again = mme.kenward_roger.kenward_roger(fit, trace_method="hutchinson", n_probes=200)
+    again = mme.inference.kenward_roger.kenward_roger(fit, trace_method="hutchinson", n_probes=200)
     assert again is hu
-    fresh = mme.kenward_roger._compute(fit, "hutchinson", 200, mme.kenward_roger.PROBE_SEED,
-                                       mme.kenward_roger.EXACT_MAX_Q)
+    fresh = mme.inference.kenward_roger._compute(fit, "hutchinson", 200, mme.inference.kenward_roger.PROBE_SEED,
+                                       mme.inference.kenward_roger.EXACT_MAX_Q)
     np.testing.assert_array_equal(fresh.information, hu.information)
 
 

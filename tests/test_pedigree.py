@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse as sp
 
 from mme import _core
-from mme.pedigree import Pedigree, PedigreeError, normalize_ids
+from mme.breeding.pedigree import Pedigree, PedigreeError, normalize_ids
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 

@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 
 import mme
-from mme import reml
+from mme.engine import reml
 from conftest import load_case
 
 #: closed-form moment estimator vs the same textbook formula coded with pandas

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import mme
-from mme import marginal
+from mme.inference import marginal
 from conftest import DATA, load_case
 
 #: predictions and V against dense algebra on the same parameters
@@ -455,7 +455,7 @@ def test_correlation_one_boundary_matches_lme4():
 
 def test_boundary_form_criterion_equals_the_mme_criterion_inside_the_cone():
     """The Λ form's −2ℓ(λ, σ²ₑ) is the G⁻¹ form's −2ℓ(θ) at the same point (REML and ML)."""
-    from mme.boundary import RelativeFactorForm
+    from mme.engine.boundary import RelativeFactorForm
     d = pd.read_csv(DATA / "rank_deficient_slopes.csv")
     for method in ("REML", "ML"):
         with warnings.catch_warnings():

@@ -4,11 +4,11 @@
 """
 from ._errors import (ConvergenceWarning, DataError, DfMethodError, DroppedRowsWarning, FormulaError,
                       MMEError, NotPositiveDefiniteError, PedigreeError, SingularFitWarning)
-from .fit import fit
-from .formula import parse_formula
-from .lrt import lrt
-from .genomic import genomic_relationship, single_step_inverse
-from .pedigree import Pedigree
+from .fitting import fit
+from .model.formula import parse_formula
+from .inference.lrt import lrt
+from .breeding.genomic import genomic_relationship, single_step_inverse
+from .breeding.pedigree import Pedigree
 from .results import Fit
 
 __version__ = "0.1.0"

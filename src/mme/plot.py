@@ -91,7 +91,7 @@ def marginal_covariance(fit, rows=None, ax=None, cmap=None):
     -------
     matplotlib Axes. Rows are labelled "<data index>: <level of each grouping factor>".
     """
-    from .marginal import _row_positions, marginal_covariance as _V
+    from .inference.marginal import _row_positions, marginal_covariance as _V
 
     design = fit.internals.design
     idx = _default_rows(design) if rows is None else _row_positions(rows, design.n)

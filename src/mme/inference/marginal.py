@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._errors import DataError
+from .._errors import DataError
 
 #: largest number of rows returned without ``force=True`` (V may hold up to m² entries)
 MAX_ROWS = 20_000

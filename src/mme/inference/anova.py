@@ -27,8 +27,8 @@ import pandas as pd
 from formulaic import Formula
 from scipy import stats
 
-from ._errors import DataError
-from .design import r_name
+from .._errors import DataError
+from ..model.design import r_name
 from .kenward_roger import DfMethodError, check_kenward_roger, kenward_roger
 from .satterthwaite import satterthwaite_df, satterthwaite_F_df
 

@@ -21,10 +21,10 @@ import pandas as pd
 import scipy.sparse as sp
 from formulaic import Formula
 
-from ._errors import DataError, FormulaError
-from .design import _term_variables, r_name
-from .formula import parse_formula
-from .pedigree import normalize_ids
+from .._errors import DataError, FormulaError
+from ..model.design import _term_variables, r_name
+from ..model.formula import parse_formula
+from ..breeding.pedigree import normalize_ids
 
 #: how many unseen labels a message lists
 _SHOW = 5

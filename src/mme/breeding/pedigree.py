@@ -38,10 +38,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import _core
+from .. import _core
 
 try:  # the shared error hierarchy (mme._errors)
-    from ._errors import PedigreeError
+    from .._errors import PedigreeError
 except ImportError:  # pragma: no cover - standalone fallback
     class PedigreeError(ValueError):
         """A pedigree fault: duplicated ids, cycles, sex conflicts, unknown animals."""

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from ._errors import DfMethodError
+from .._errors import DfMethodError
 from .satterthwaite import vcov_derivatives
 
 #: Largest number of random effects q for which the traces are computed exactly.

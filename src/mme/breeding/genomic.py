@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from .pedigree import Pedigree, normalize_ids
 
 try:  # the shared error hierarchy (mme._errors)
-    from ._errors import DataError, NotPositiveDefiniteError
+    from .._errors import DataError, NotPositiveDefiniteError
 except ImportError:  # pragma: no cover - standalone fallback
     class DataError(ValueError):
         """The data cannot be used as given."""

@@ -67,9 +67,9 @@ import pandas as pd
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from ._errors import ConvergenceWarning, DataError
-from .design import Design, build_design
-from .formula import parse_formula
+from .._errors import ConvergenceWarning, DataError
+from ..model.design import Design, build_design
+from ..model.formula import parse_formula
 
 __all__ = ["PCGResult", "blup_pcg", "solve_pcg", "MMEOperator"]
 

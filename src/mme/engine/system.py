@@ -16,11 +16,11 @@ import numpy as np
 import scipy.sparse as sp
 from sksparse import cholmod
 
-from . import _core
-from ._errors import NotPositiveDefiniteError
-from ._threads import all_cores_for_large
-from .covariance import BlockStructure
-from .design import Design
+from .. import _core
+from .._errors import NotPositiveDefiniteError
+from .._threads import all_cores_for_large
+from ..model.covariance import BlockStructure
+from ..model.design import Design
 
 
 def csc_slots(M: sp.csc_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._errors import ConvergenceWarning, NotPositiveDefiniteError
-from .covariance import is_psd
-from .design import ols_residuals
+from .._errors import ConvergenceWarning, NotPositiveDefiniteError
+from ..model.covariance import is_psd
+from ..model.design import ols_residuals
 from .system import MME
 
 log = logging.getLogger("mme")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._errors import DataError
+from .._errors import DataError
 
 __all__ = ["lrt"]
 
@@ -40,7 +40,7 @@ def _relmat_of(fit) -> dict:
 def _refit_ml(fit):
     if fit.method == "ML":
         return fit
-    from .fit import fit as mme_fit
+    from ..fitting import fit as mme_fit
     kwargs = {}
     rel = _relmat_of(fit)
     if rel:

@@ -27,9 +27,9 @@ import pandas as pd
 from formulaic import Formula
 from scipy import stats
 
-from ._errors import DataError, FormulaError
+from .._errors import DataError, FormulaError
 from .anova import resolve_df_method, wald
-from .design import r_name
+from ..model.design import r_name
 from .kenward_roger import kenward_roger
 
 __all__ = ["emmeans", "EMMeans", "Contrasts"]

@@ -17,9 +17,9 @@ import pandas as pd
 import scipy.sparse as sp
 from formulaic import Formula
 
-from ._errors import DataError, DroppedRowsWarning, FormulaError
+from .._errors import DataError, DroppedRowsWarning, FormulaError
 from .formula import ModelFormula, RandomTerm
-from .pedigree import normalize_ids
+from ..breeding.pedigree import normalize_ids
 
 #: A column of X is aliased when the squared norm of its residual on the kept
 #: columns before it is below ALIAS_TOL × its squared norm. R's lm uses 1e-7 on the

@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 
 from ._errors import ConvergenceWarning, DataError, SingularFitWarning
-from .boundary import BoundaryResult, fit_on_boundary, satterthwaite_pieces
-from .design import Design, build_design, ols_residuals
-from .formula import parse_formula
-from .reml import IterationRecord, Model, fit_variances
+from .engine.boundary import BoundaryResult, fit_on_boundary, satterthwaite_pieces
+from .model.design import Design, build_design, ols_residuals
+from .model.formula import parse_formula
+from .engine.reml import IterationRecord, Model, fit_variances
 from .results import Fit, RandomEffectsBlock
-from .satterthwaite import observed_information, satterthwaite_df, vcov_derivatives
-from .system import MME
+from .inference.satterthwaite import observed_information, satterthwaite_df, vcov_derivatives
+from .engine.system import MME
 from ._threads import dense_blas_threads as dense_blas_threads_
 
 
