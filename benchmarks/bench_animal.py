@@ -31,7 +31,7 @@ Stages (``stages`` job):
 * L() copy: the factor as a CSC matrix (``Factor.L()``), nnz(L)
 * selected inverse: ``MME.selected_inverse`` at the G⁻¹ slots (what one REML
   round needs; includes its own ``L()`` copy)
-* REML round: ``Model.evaluate(θ)`` at the true θ (factorization, solve,
+* REML round: ``Likelihood.evaluate(θ)`` at the true θ (factorization, solve,
   selected inverse, score, AI) — the cost of one AI-REML iteration
 * PCG: ``mme.pcg.solve_pcg`` at the true variances, checked against the direct
   solution
@@ -137,7 +137,7 @@ def worker_stages(n, seed):
     from mme.model.design import build_design
     from mme.model.formula import parse_formula
     from mme.engine.pcg import solve_pcg
-    from mme.engine.reml import Model
+    from mme.engine.reml import Likelihood
     from mme.engine.system import MME
     from sksparse import cholmod
 
@@ -153,7 +153,7 @@ def worker_stages(n, seed):
     del Ainv
     design = T("design", lambda: build_design(parse_formula(FORMULA), phen, {"id": P}))
     system = T("assembly", lambda: MME(design))
-    model = Model(system, "REML")
+    model = Likelihood(system, "REML")
     theta = true_theta(model, truth)
     G0s, s2e = model.split(theta)
     system.set_values(G0s, s2e)
@@ -201,7 +201,7 @@ def worker_fit(n, seed):
     a = re_[re_["group"] == "id"]
     acc = blup_accuracy(a["level"].to_numpy(), a["blup"].to_numpy(), a["pev"].to_numpy(),
                         a["reliability"].to_numpy(), truth)
-    system = fit.internals.model.mme
+    system = fit.internals.mme
     return {"seconds_fit": total, "n_iter": int(fit.n_iter), "converged": bool(fit.converged),
             "seconds_per_iteration": float(it["seconds"].median()),
             "seconds_iterations": [float(s) for s in log["seconds"]],
@@ -408,7 +408,7 @@ def render(results, args, machine_md):
     lines.append("")
     lines.append("REML round / numeric factorization uses the median seconds per iteration of "
                  "the fit (`fit.iteration_log`) where the fit ran, else the timed "
-                 "`Model.evaluate` (REML round row).")
+                 "`Likelihood.evaluate` (REML round row).")
     for r in results["sizes"]:
         for key in ("stages", "fit"):
             if key in r and "error" in r[key]:

@@ -119,7 +119,7 @@ def run_mme(df, ordering, repeats):
         res["error"] = traceback.format_exc()
         print(f"[mme/{ordering}] failed:\n{res['error']}", file=sys.stderr)
         return res
-    model = fit.internals.model
+    model = fit.internals.likelihood
     system = model.mme
     C = system.C
     res.update({
@@ -150,7 +150,7 @@ def run_mme(df, ordering, repeats):
     Zx = np.empty_like(L.data)
     res["seconds_selected_inverse_scalar"] = _best_of(
         lambda: (system.factor.L(), _core.selected_inverse(L.indptr, L.indices, L.data, Zx)), 1)
-    from mme.system import supernode_partition
+    from mme.engine.system import supernode_partition
     sn = supernode_partition(L)
     res["n_supernodes"] = int(len(sn) - 1)
     res["dense_trailing_block"] = width = _dense_trailing_block(L)

@@ -70,13 +70,13 @@ def test_analyze_runs_once_per_fit(monkeypatch):
     fit = mme.fit(ref["formula"], df)
     assert fit.n_iter >= 3
     assert len(calls) == 1
-    assert fit.internals.model.mme.n_factorize > fit.n_iter
+    assert fit.internals.mme.n_factorize > fit.n_iter
 
 
 def test_pattern_values_are_rewritten_in_place():
     ref, df = load_case("pastes")
     fit = mme.fit(ref["formula"], df)
-    m = fit.internals.model.mme
+    m = fit.internals.mme
     data_id = id(m.C.data)
     m.set_values([np.array([[2.0]]), np.array([[3.0]])], 1.5)
     assert id(m.C.data) == data_id
@@ -217,10 +217,10 @@ def test_auto_ordering_is_amd_with_a_pedigree_and_default_without():
     ped = mme.Pedigree.from_frame(pd.DataFrame(ex["pedigree"]))
     fit = mme.fit("wwg ~ 0 + sex + (1|id)", pd.DataFrame(ex["data"]), relmat={"id": ped},
                   variances=ex["variances"])
-    assert fit.internals.model.mme.ordering == "amd"
+    assert fit.internals.mme.ordering == "amd"
     ref, df = load_case("penicillin")
     fit = mme.fit(ref["formula"], df)
-    assert fit.internals.model.mme.ordering == "default"
+    assert fit.internals.mme.ordering == "default"
     # an explicit choice is passed on untouched
-    assert choose_ordering("metis", fit.internals.model.mme.structures) == "metis"
-    assert mme.fit(ref["formula"], df, ordering="metis").internals.model.mme.ordering == "metis"
+    assert choose_ordering("metis", fit.internals.mme.structures) == "metis"
+    assert mme.fit(ref["formula"], df, ordering="metis").internals.mme.ordering == "metis"

@@ -216,7 +216,7 @@ def test_type3_hypotheses_do_not_depend_on_the_coding():
 def dense_pbkrtest(fit):
     """pbkrtest's vcovAdj (and lmerTest's Satterthwaite pieces) with V formed densely."""
     it = fit.internals
-    model = it.model
+    model = it.likelihood
     G0s, s2e = model.split(it.theta)
     X = it.design.X.toarray()
     y = it.design.y

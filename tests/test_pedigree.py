@@ -14,7 +14,8 @@ import pytest
 import scipy.sparse as sp
 
 from mme import _core
-from mme.breeding.pedigree import Pedigree, PedigreeError, normalize_ids
+from mme.breeding.pedigree import Pedigree, PedigreeError
+from mme.model.ids import normalize_ids
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 

@@ -66,7 +66,7 @@ def test_converged_fit_has_small_decrement_and_matches_a_further_step():
     assert fit.converged
     assert log["decrement"].iloc[-1] < reml.TOL_DECREMENT_ABS
     # continuing from the converged θ moves no variance by more than its 1e-4 SE
-    model = fit.internals.model
+    model = fit.internals.likelihood
     res = reml.fit_variances(model, theta0=fit.internals.theta)
     se = np.sqrt(np.diag(np.linalg.inv(res.evaluation.AI)))
     assert np.all(np.abs(res.theta - fit.internals.theta) < 1e-4 * se)

@@ -167,7 +167,7 @@ def test_predict_non_numeric_slope_is_a_data_error(lme4_fit):
 def _dense_V(fit, rows):
     """Σ Z (G₀ ⊗ K) Z' + σ²ₑ I on all rows, dense, then the chosen rows and columns."""
     design = fit.internals.design
-    G0s, s2e = fit.internals.model.split(fit.internals.theta)
+    G0s, s2e = fit.internals.mme.split(fit.internals.theta)
     V = s2e * np.eye(design.n)
     for b, G0 in zip(design.blocks, G0s):
         K = np.linalg.inv(b.Kinv.toarray())
@@ -462,7 +462,7 @@ def test_boundary_form_criterion_equals_the_mme_criterion_inside_the_cone():
             warnings.simplefilter("ignore")
             fit = mme.fit("y ~ x + z + (1 + x + z | g) + (1 | h)",
                           d.assign(h=np.arange(len(d)) % 7), method=method)
-        model = fit.internals.model
+        model = fit.internals.likelihood
         G0 = np.array([[0.7, 0.2, 0.05], [0.2, 0.4, 0.02], [0.05, 0.02, 0.1]])
         theta = np.concatenate([model.mme.structures[0].theta_of(G0), [0.3], [0.9]])
         form = RelativeFactorForm(model)

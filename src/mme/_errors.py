@@ -25,6 +25,22 @@ class NotPositiveDefiniteError(MMEError, ArithmeticError):
     """A matrix that must be positive definite is not (the MME, G, a relationship matrix)."""
 
 
+class OptionError(MMEError, ValueError):
+    """An argument that is not one of the accepted values (``method=``, ``adjust=``, ...)."""
+
+
+class UnknownTermError(MMEError, KeyError):
+    """A group, term or level asked for that the fitted model does not have."""
+
+
+class FactorReleasedError(MMEError, RuntimeError):
+    """A quantity needs the Cholesky factor of a fit whose factor was released."""
+
+
+class InternalError(MMEError, RuntimeError):
+    """An internal invariant does not hold: a bug in mme (please report it)."""
+
+
 class ConvergenceWarning(UserWarning):
     """The REML iterations stopped before meeting the convergence criteria."""
 

@@ -19,16 +19,14 @@ from __future__ import annotations
 import contextlib
 import os
 
+from threadpoolctl import ThreadpoolController
+
 #: Substrings of the wheel-bundled OpenBLAS builds of NumPy and SciPy.
 _BUNDLED = ("scipy_openblas", "numpy.libs", "scipy.libs")
 
 
 def _pools():
-    """(bundled, system) BLAS pools as threadpoolctl controllers; None without threadpoolctl."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:          # optional: without it the pools are left alone
-        return None
+    """(bundled, system) BLAS pools as threadpoolctl controllers."""
     controller = ThreadpoolController()
     bundled = [c for c in controller.lib_controllers
                if c.user_api == "blas" and any(s in c.filepath for s in _BUNDLED)]
@@ -38,6 +36,7 @@ def _pools():
 
 
 def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity): the one home of the core count."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:       # not Linux
@@ -59,8 +58,11 @@ def _bundled_threads(bundled: list, n: int):
 @contextlib.contextmanager
 def all_cores_for_large(large: bool):
     """Give NumPy/SciPy's bundled BLAS every available core for the block when ``large``."""
-    pools = _pools() if large else None
-    if not pools or not pools[0]:
+    if not large:
+        yield
+        return
+    pools = _pools()
+    if not pools[0]:
         yield
         return
     with _bundled_threads(pools[0], available_cores()):
@@ -74,8 +76,8 @@ def dense_blas_threads(n: int | None):
         yield
         return
     pools = _pools()
-    if not pools or not pools[0] or not pools[1]:
-        # no threadpoolctl, or one BLAS for everything: no second pool to fight with
+    if not pools[0] or not pools[1]:
+        # one BLAS for everything: no second pool to fight with
         yield
         return
     with _bundled_threads(pools[0], n):

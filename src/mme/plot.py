@@ -91,10 +91,10 @@ def marginal_covariance(fit, rows=None, ax=None, cmap=None):
     -------
     matplotlib Axes. Rows are labelled "<data index>: <level of each grouping factor>".
     """
-    from .inference.marginal import _row_positions, marginal_covariance as _V
+    from .inference.marginal import row_positions, marginal_covariance as _V
 
     design = fit.internals.design
-    idx = _default_rows(design) if rows is None else _row_positions(rows, design.n)
+    idx = _default_rows(design) if rows is None else row_positions(rows, design.n)
     V = _V(fit, idx).toarray()  # dense-ok: a plot of at most a few hundred rows
     m = len(idx)
     size = float(np.clip(2.5 + 0.12 * m, 4.5, 11.0))

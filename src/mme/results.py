@@ -14,14 +14,173 @@ Stable column names (other code relies on them):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ._errors import UnknownTermError
+from .engine.estimate import Estimate
+from .inference.satterthwaite import observed_information, satterthwaite_df, vcov_derivatives
+
+#: the columns of ``Fit.random_effects``, in order
+RANDOM_EFFECTS_COLUMNS = ("group", "term", "level", "blup", "pev", "cond_var", "reliability",
+                          "accuracy")
+
+
+def read_only(a) -> np.ndarray:
+    """A read-only copy of ``a`` (results hand out arrays that cannot change them)."""
+    out = np.array(a, dtype=float, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+def random_effects_frame(blocks, columns: dict) -> pd.DataFrame:
+    """The long table of random effects: one row per (block, term, level).
+
+    Parameters
+    ----------
+    blocks : sequence of objects with ``group``, ``terms``, ``levels``
+    columns : dict name → list (one per block) of d × L arrays
+
+    Returns
+    -------
+    DataFrame with ``group, term, level`` and the given columns.
+    """
+    frames = []
+    for i, b in enumerate(blocks):
+        for a, term in enumerate(b.terms):
+            frames.append(pd.DataFrame({"group": b.group, "term": term, "level": list(b.levels),
+                                        **{k: np.asarray(v[i][a]) for k, v in columns.items()}}))
+    if not frames:
+        return pd.DataFrame(columns=["group", "term", "level", *columns])
+    return pd.concat(frames, ignore_index=True)
+
+
+@dataclass(eq=False)
+class Internals:
+    """What inference needs after the fit (kept off the public surface).
+
+    It holds the ``Estimate`` and with it the MME and their CHOLMOD factor: a ``Fit``
+    keeps the factor alive (about 9 GB at 1M animals) so that Kenward–Roger df,
+    emmeans and anova on new contrasts can use it; ``Fit.release()`` drops it. The
+    Satterthwaite pieces — the observed information of θ (2k score evaluations) and
+    ∂Cˣˣ/∂θ — and Kenward–Roger's are computed on first use and cached here.
+    """
+
+    estimate: Estimate
+    F: np.ndarray                 # C⁻¹[:, :p] at θ
+    vcov_theta_ai: np.ndarray     # AI⁻¹ (0 rows/cols at the boundary)
+    #: Kenward–Roger results by their options (``inference.kenward_roger``)
+    kenward_roger_cache: dict = field(default_factory=dict)
+
+    # -- views of the estimate ------------------------------------------------
+    @property
+    def likelihood(self):
+        return self.estimate.likelihood
+
+    @property
+    def mme(self):
+        return self.estimate.mme
+
+    @property
+    def design(self):
+        return self.estimate.mme.design
+
+    @property
+    def theta(self) -> np.ndarray:
+        """θ at which the MME are solved (inside the PD cone)."""
+        return self.estimate.theta
+
+    @property
+    def theta_reported(self) -> np.ndarray:
+        """θ̂ as reported: on a boundary fit the Λ form's exact (singular) one."""
+        return self.estimate.theta_reported
+
+    @property
+    def at_bound(self) -> np.ndarray:
+        return self.estimate.at_bound
+
+    @property
+    def estimated(self) -> bool:
+        return self.estimate.estimated
+
+    @property
+    def boundary(self):
+        return self.estimate.boundary
+
+    @property
+    def ai(self) -> np.ndarray:
+        """The average-information matrix at θ."""
+        return self.estimate.evaluation.AI
+
+    def factor_at_estimate(self):
+        """The MME with C and its factor at θ̂ (``MME.ensure``)."""
+        self.mme.ensure(self.theta)
+        return self.mme
+
+    def release(self) -> None:
+        self.mme.release()
+
+    @property
+    def has_variances(self) -> bool:
+        """True when θ was estimated for a model with random terms (df need θ's covariance)."""
+        return bool(self.mme.structures) and self.estimated
+
+    # -- lazily computed pieces ---------------------------------------------
+    @cached_property
+    def vcov_theta(self) -> np.ndarray:
+        """Asymptotic Var(θ̂): inverse observed information (lmerTest's choice)."""
+        k = self.mme.k
+        if not self.has_variances:
+            return np.zeros((k, k))
+        J = observed_information(self.likelihood, self.theta, self.at_bound)
+        free = ~self.at_bound
+        out = np.zeros_like(J)
+        out[np.ix_(free, free)] = np.linalg.pinv(J[np.ix_(free, free)])
+        return out
+
+    @cached_property
+    def dvcov(self):
+        """∂Cˣˣ/∂θᵢ, array (k, p, p); None without estimated variances."""
+        if not self.has_variances:
+            return None
+        p = self.mme.p
+        if not p:
+            return np.zeros((self.mme.k, 0, 0))
+        return vcov_derivatives(self.likelihood, self.theta, self.F)
+
+    @cached_property
+    def satterthwaite_pieces(self) -> tuple:
+        """(∂Var(β̂)/∂φ, Var(φ̂)) for Satterthwaite's df: φ = θ, or on a boundary
+        (singular G₀) φ = (λ, σ²ₑ) of the Λ form (``boundary.satterthwaite_pieces``)."""
+        from .engine.boundary import satterthwaite_pieces
+        if self.boundary is None or not self.mme.p:
+            return self.dvcov, self.vcov_theta
+        b = self.boundary
+        return satterthwaite_pieces(self.likelihood, b.lam, float(b.theta[-1]))
+
+    @cached_property
+    def fixed_df(self) -> np.ndarray:
+        """Default df of each coefficient: Satterthwaite (mixed), residual (fixed-only)."""
+        mme = self.mme
+        p = mme.p
+        if not mme.structures:
+            out = np.full(p, float(mme.n - p))
+        elif not self.estimated:
+            out = np.full(p, np.inf)
+        elif not p:
+            out = np.zeros(0)
+        else:
+            out = satterthwaite_df(np.eye(p), self.F[:p], *self.satterthwaite_pieces)
+        return read_only(out)
+
 
 @dataclass(frozen=True)
 class RandomEffectsBlock:
+    """The predicted effects of one random term (arrays d × L, read-only)."""
+
     group: str
     terms: tuple
     levels: pd.Index
@@ -30,10 +189,19 @@ class RandomEffectsBlock:
     cond_var: np.ndarray   # d × L
     reliability: np.ndarray = None  # d × L: 1 − PEV / (G₀[a,a] · K[i,i])
 
+    def __post_init__(self):
+        for f in ("blup", "pev", "cond_var", "reliability"):
+            object.__setattr__(self, f, read_only(getattr(self, f)))
+
 
 @dataclass(frozen=True)
 class Fit:
-    """A fitted linear mixed model. Build it with :func:`mme.fit`."""
+    """A fitted linear mixed model. Build it with :func:`mme.fit`.
+
+    Immutable: its arrays are read-only and its tables are new DataFrames on every
+    access. It keeps the MME's Cholesky factor for later inference (Kenward–Roger,
+    emmeans, anova); :meth:`release` drops it.
+    """
 
     formula: str
     method: str
@@ -43,7 +211,7 @@ class Fit:
     beta: np.ndarray
     vcov_beta: np.ndarray
     df_method: str
-    vc_table: pd.DataFrame
+    _vc_table: pd.DataFrame
     blocks: tuple
     loglik: float
     n_params: int
@@ -54,7 +222,19 @@ class Fit:
     estimated: bool              # False when the variances were given
     fitted_values: np.ndarray = field(repr=False)
     residual_values: np.ndarray = field(repr=False)
-    internals: object = field(repr=False, default=None, compare=False)
+    internals: Internals = field(repr=False, default=None, compare=False)
+
+    def __post_init__(self):
+        for f in ("beta", "vcov_beta", "fitted_values", "residual_values"):
+            object.__setattr__(self, f, read_only(getattr(self, f)))
+
+    def release(self) -> None:
+        """Drop the Cholesky factor of the MME (the largest thing a fit holds: ~9 GB at
+        1M animals). Tables already computed stay; quantities that need the factor
+        (Kenward–Roger df, new emmeans/anova/contrasts, marginal covariance) then raise
+        ``mme.FactorReleasedError``. Satterthwaite df of the coefficients are kept."""
+        _ = self.df_beta     # computed while the factor exists
+        self.internals.release()
 
     @property
     def df_beta(self) -> np.ndarray:
@@ -75,22 +255,15 @@ class Fit:
 
     @property
     def random_effects(self) -> pd.DataFrame:
-        frames = []
-        for b in self.blocks:
-            for a, term in enumerate(b.terms):
-                frames.append(pd.DataFrame({
-                    "group": b.group, "term": term, "level": list(b.levels),
-                    "blup": b.blup[a], "pev": b.pev[a], "cond_var": b.cond_var[a],
-                    "reliability": b.reliability[a],
-                    "accuracy": np.sqrt(np.clip(b.reliability[a], 0.0, 1.0))}))
-        if not frames:
-            return pd.DataFrame(columns=["group", "term", "level", "blup", "pev", "cond_var",
-                                         "reliability", "accuracy"])
-        return pd.concat(frames, ignore_index=True)
+        bs = self.blocks
+        return random_effects_frame(bs, {
+            "blup": [b.blup for b in bs], "pev": [b.pev for b in bs],
+            "cond_var": [b.cond_var for b in bs], "reliability": [b.reliability for b in bs],
+            "accuracy": [np.sqrt(np.clip(b.reliability, 0.0, 1.0)) for b in bs]})
 
     @property
     def variance_components(self) -> pd.DataFrame:
-        return self.vc_table.copy()
+        return self._vc_table.copy()
 
     @property
     def vcov(self) -> pd.DataFrame:
@@ -113,12 +286,12 @@ class Fit:
         models with random slopes, interpret with care: it ignores covariances
         and the scale of the slope variables).
         """
-        vc = self.vc_table
+        vc = self._vc_table
         var_rows = np.flatnonzero((vc["term2"] == "").to_numpy())
         sel = np.flatnonzero(((vc["group"] == group) & (vc["term1"] == term)
                               & (vc["term2"] == "")).to_numpy())
         if len(sel) != 1:
-            raise KeyError(f"no variance for group {group!r}, term {term!r} in variance_components")
+            raise UnknownTermError(f"no variance for group {group!r}, term {term!r} in variance_components")
         theta = vc["estimate"].to_numpy()
         total = theta[var_rows].sum()
         h2 = theta[sel[0]] / total
@@ -175,7 +348,7 @@ class Fit:
     def __repr__(self) -> str:
         vc = ", ".join(f"{r.group}{'' if not r.term1 else '/' + r.term1}"
                        f"{'' if not r.term2 else ':' + r.term2}={r.estimate:.4g}"
-                       for r in self.vc_table.itertuples())
+                       for r in self._vc_table.itertuples())
         return (f"<mme.Fit {self.method} '{self.formula}' n={self.nobs} "
                 f"logLik={self.loglik:.4f} {vc}>")
 
@@ -196,7 +369,7 @@ class Fit:
             "; boundary (singular) fit" if self.singular else ""))
         lines.append("")
         lines.append("Variance components:")
-        vc = self.vc_table.copy()
+        vc = self._vc_table.copy()
         vc["std_dev"] = np.where(vc["term2"] == "", np.sqrt(np.abs(vc["estimate"])), np.nan)
         lines.append(vc.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
         ngr = ", ".join(f"{b.group}, {len(b.levels)}" for b in self.blocks)

@@ -27,16 +27,10 @@ import pandas as pd
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from .pedigree import Pedigree, normalize_ids
+from ..model.ids import normalize_ids
+from .pedigree import Pedigree
 
-try:  # the shared error hierarchy (mme._errors)
-    from .._errors import DataError, NotPositiveDefiniteError
-except ImportError:  # pragma: no cover - standalone fallback
-    class DataError(ValueError):
-        """The data cannot be used as given."""
-
-    class NotPositiveDefiniteError(ArithmeticError):
-        """A matrix that must be positive definite is not."""
+from .._errors import DataError, NotPositiveDefiniteError
 
 
 __all__ = ["genomic_relationship", "single_step_inverse", "DataError",

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from scipy.optimize import Bounds, minimize
 from sksparse import cholmod
 
-from .reml import Model
+from .reml import Likelihood
 from .system import csc_slots
 
 #: COBYQA's final trust-region radius on λ (relative standard deviations):
@@ -38,20 +38,20 @@ from .system import csc_slots
 FINAL_RADIUS = 1e-7
 
 
-@dataclass
+@dataclass(frozen=True)
 class BoundaryResult:
+    """The optimum of the profiled likelihood in the Λ form."""
+
     lam: np.ndarray          # λ̂ (lower triangles of Λ_b, column-major, per block)
-    theta: np.ndarray        # θ̂ in ``Model``'s order (G₀ elements per block, σ²ₑ)
+    theta: np.ndarray        # θ̂ in ``Likelihood``'s order (G₀ elements per block, σ²ₑ)
     m2ll: float              # −2ℓ at λ̂ (exact, G₀ may be singular)
     n_eval: int
-    start_m2ll: float        # −2ℓ at the starting λ (the AI-REML estimate)
-    message: str
 
 
 class RelativeFactorForm:
-    """Profiled −2ℓ(λ) of a ``Model`` written with u = (Λ ⊗ I) v."""
+    """Profiled −2ℓ(λ) of a ``Likelihood`` written with u = (Λ ⊗ I) v."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Likelihood):
         self.model = model
         mme = model.mme
         self.ml = model.method == "ML"
@@ -171,12 +171,12 @@ class RelativeFactorForm:
         return s2e * self._cinv_xx()
 
     def theta_of(self, lam: np.ndarray, s2e: float) -> np.ndarray:
-        """θ (G₀ = σ²ₑ ΛΛ' per block, then σ²ₑ) in ``Model``'s order."""
+        """θ (G₀ = σ²ₑ ΛΛ' per block, then σ²ₑ) in ``Likelihood``'s order."""
         out = [s.theta_of(s2e * Lam @ Lam.T) for s, Lam in zip(self.blocks, self.lambdas(lam))]
         return np.concatenate(out + [np.array([s2e])])
 
 
-def fit_on_boundary(model: Model, theta0: np.ndarray, max_eval: int | None = None) -> BoundaryResult:
+def fit_on_boundary(model: Likelihood, theta0: np.ndarray, max_eval: int | None = None) -> BoundaryResult:
     """Maximise the profiled REML/ML likelihood over λ from the AI-REML estimate θ₀."""
     form = RelativeFactorForm(model)
     lam0 = form.lam_of(theta0)
@@ -190,15 +190,14 @@ def fit_on_boundary(model: Model, theta0: np.ndarray, max_eval: int | None = Non
     m2ll, s2e, _ = form.evaluate(lam)
     if m2ll > start:
         lam, m2ll, s2e = lam0, start, start_s2e
-    return BoundaryResult(lam=lam, theta=form.theta_of(lam, s2e), m2ll=m2ll, n_eval=form.n_eval,
-                          start_m2ll=start, message=str(res.message))
+    return BoundaryResult(lam=lam, theta=form.theta_of(lam, s2e), m2ll=m2ll, n_eval=form.n_eval)
 
 
 #: relative central-difference step for the Hessian and ∂Var(β̂)/∂φ on the boundary
 BOUNDARY_DIFF_STEP = 1e-4
 
 
-def satterthwaite_pieces(model: Model, lam: np.ndarray, s2e: float) -> tuple:
+def satterthwaite_pieces(model: Likelihood, lam: np.ndarray, s2e: float) -> tuple:
     """(∂Var(β̂)/∂φᵢ (k, p, p), Var(φ̂) (k, k)) in φ = (λ, σ²ₑ), as lmerTest does.
 
     At a boundary optimum G₀ = σ²ₑΛΛ' is singular and θ (G₀'s elements) leaves the

@@ -56,7 +56,6 @@ animal breeding applications. J. Anim. Sci. 79:1166-1172.
 """
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -67,9 +66,11 @@ import pandas as pd
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from .._errors import ConvergenceWarning, DataError
+from .._errors import ConvergenceWarning, DataError, OptionError
+from .._threads import available_cores
+from ..model.covariance import ginv_matrix, parse_variances
 from ..model.design import Design, build_design
-from ..model.formula import parse_formula
+from ..results import Fit, random_effects_frame
 
 __all__ = ["PCGResult", "blup_pcg", "solve_pcg", "MMEOperator"]
 
@@ -117,13 +118,6 @@ class PCGResult:
     variances: dict = field(default_factory=dict)
 
 
-def _default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 class _RowSplitCSR:
     """y = M v with M's rows split in chunks of equal nnz, one thread per chunk.
 
@@ -161,29 +155,6 @@ class _RowSplitCSR:
             self.pool.shutdown(wait=False)
 
 
-def _g0_matrices(design: Design, variances: dict) -> tuple:
-    """(list of G₀ per block, σ²ₑ) from a ``variances`` dict as ``mme.fit`` takes it."""
-    if not isinstance(variances, dict):
-        raise DataError("variances must be a dict such as {'id': 0.5, 'Residual': 1.0}")
-    G0s = []
-    for b in design.blocks:
-        if b.group not in variances:
-            raise DataError(f"variances: no value for random term {b.group!r} "
-                            f"(given: {sorted(variances)})")
-        G0 = np.atleast_2d(np.asarray(variances[b.group], dtype=float))
-        if G0.shape != (b.d, b.d):
-            raise DataError(f"variances[{b.group!r}] must be {b.d} × {b.d} for terms {b.terms}")
-        if not np.allclose(G0, G0.T) or np.linalg.eigvalsh(G0)[0] <= 0:
-            raise DataError(f"variances[{b.group!r}] must be > 0 (positive definite)")
-        G0s.append(G0)
-    if "Residual" not in variances:
-        raise DataError("variances: a 'Residual' value is required")
-    s2e = float(variances["Residual"])
-    if not s2e > 0:
-        raise DataError("variances: 'Residual' must be > 0")
-    return G0s, s2e
-
-
 class MMEOperator:
     """C·v, rhs and preconditioners of the MME for given variances.
 
@@ -201,21 +172,17 @@ class MMEOperator:
     def __init__(self, design: Design, G0s: list, sigma2_e: float, operator: str = "assembled",
                  threads: int | None = 1):
         if operator not in ("assembled", "data"):
-            raise ValueError(f"operator must be 'assembled' or 'data', got {operator!r}")
+            raise OptionError(f"operator must be 'assembled' or 'data', got {operator!r}")
         self.design = design
         self.operator = operator
         self.s2e = float(sigma2_e)
-        X = sp.csc_matrix(design.X)
-        self.W = sp.hstack([X] + [b.Z for b in design.blocks], format="csr")
+        self.W = design.W.tocsr()
         self.n, self.dim = self.W.shape
-        self.p = X.shape[1]
+        self.p = design.p
         self.rhs = np.asarray(self.W.T @ design.y, dtype=float) / self.s2e
         # G⁻¹ on the random part, block-diagonal over terms: G₀⁻¹ ⊗ K⁻¹
         self.G0inv = [np.linalg.inv(G0) for G0 in G0s]
-        ginv = [sp.kron(sp.csr_matrix(Gi), b.Kinv, format="csr")
-                for b, Gi in zip(design.blocks, self.G0inv)]
-        self.Ginv = sp.block_diag([sp.csr_matrix((self.p, self.p))] + ginv, format="csr") \
-            if ginv else sp.csr_matrix((self.dim, self.dim))
+        self.Ginv = ginv_matrix(design.blocks, G0s, p=self.p)
         if operator == "assembled":
             WtW = (self.W.T @ self.W).tocsr()
             C = (WtW * (1.0 / self.s2e) + self.Ginv).tocsr()
@@ -258,7 +225,7 @@ class MMEOperator:
     def preconditioner(self, kind: str = "jacobi", max_dense_fixed: int = MAX_DENSE_FIXED):
         """A function r ↦ M⁻¹ r."""
         if kind not in ("jacobi", "block"):
-            raise ValueError(f"preconditioner must be 'jacobi' or 'block', got {kind!r}")
+            raise OptionError(f"preconditioner must be 'jacobi' or 'block', got {kind!r}")
         if np.any(self.diag <= 0):
             bad = np.flatnonzero(self.diag <= 0)[:5]
             raise DataError(f"the MME have zero or negative diagonal entries at {bad.tolist()}: "
@@ -368,15 +335,11 @@ def pcg(matvec, b: np.ndarray, precond, tol: float = 1e-8, max_iter: int = 5000,
 def _tables(design: Design, x: np.ndarray) -> tuple:
     p = design.p
     fixed = pd.DataFrame({"estimate": x[:p]}, index=pd.Index(design.fixed_names, name="term"))
-    frames, off = [], p
+    blups, off = [], p
     for b in design.blocks:
-        L = b.n_levels
-        for a, term in enumerate(b.terms):
-            frames.append(pd.DataFrame({"group": b.group, "term": term, "level": list(b.levels),
-                                        "blup": x[off + a * L: off + (a + 1) * L]}))
+        blups.append(x[off:off + b.q].reshape(b.d, b.n_levels))
         off += b.q
-    rand = (pd.concat(frames, ignore_index=True) if frames
-            else pd.DataFrame(columns=["group", "term", "level", "blup"]))
+    rand = random_effects_frame(design.blocks, {"blup": blups})
     sol = pd.concat([
         pd.DataFrame({"group": "(fixed)", "term": list(design.fixed_names), "level": "",
                       "estimate": x[:p]}),
@@ -422,20 +385,19 @@ def solve_pcg(fit_or_design, variances: dict | None = None, tol: float = 1e-8,
         design = fit_or_design
         if variances is None:
             raise DataError("variances are required when solving a design")
-    elif hasattr(fit_or_design, "internals") and hasattr(fit_or_design, "vc_table"):
+    elif isinstance(fit_or_design, Fit):
         fit = fit_or_design
         design = fit.internals.design
         if variances is None:
-            model = fit.internals.model
-            G0s, s2e = model.split(fit.internals.theta)
+            G0s, s2e = fit.internals.mme.split(fit.internals.theta)
             variances = {b.group: G for b, G in zip(design.blocks, G0s)}
             variances["Residual"] = s2e
     else:
-        raise TypeError("solve_pcg needs an mme.Fit or an mme.design.Design; "
+        raise OptionError("solve_pcg needs an mme.Fit or an mme.design.Design; "
                         "use blup_pcg(formula, data, variances, relmat) from a formula")
-    G0s, s2e = _g0_matrices(design, variances)
+    G0s, s2e = parse_variances(design.blocks, variances)
     op = MMEOperator(design, G0s, s2e, operator=operator,
-                     threads=_default_threads() if threads is None else threads)
+                     threads=available_cores() if threads is None else threads)
     try:
         M = op.preconditioner(preconditioner, max_dense_fixed=max_dense_fixed)
         t1 = time.perf_counter()
@@ -473,7 +435,7 @@ def blup_pcg(formula: str, data: pd.DataFrame, variances: dict, relmat: dict | N
         ``.rel_residual``; ``.seconds["design"]`` is the time to build the design.
     """
     t0 = time.perf_counter()
-    design = build_design(parse_formula(formula), data, relmat)
+    design = build_design(formula, data, relmat)
     t1 = time.perf_counter()
     res = solve_pcg(design, variances, **kw)
     res.seconds = {"design": t1 - t0, **res.seconds}

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._errors import ConvergenceWarning, NotPositiveDefiniteError
-from ..model.covariance import is_psd
+from .._errors import ConvergenceWarning, NotPositiveDefiniteError, OptionError
+from ..model.covariance import is_positive_definite
 from ..model.design import ols_residuals
 from .system import MME
 
@@ -54,8 +54,10 @@ class Evaluation:
         return -0.5 * self.m2ll
 
 
-@dataclass
+@dataclass(frozen=True)
 class IterationRecord:
+    """One row of ``Fit.iteration_log``."""
+
     iteration: int
     kind: str          # "start", "EM", "AI", "AI/2^k"
     theta: np.ndarray
@@ -63,6 +65,11 @@ class IterationRecord:
     step: float
     decrement: float
     seconds: float
+
+    def __post_init__(self):
+        theta = np.array(self.theta, dtype=float, copy=True)
+        theta.setflags(write=False)
+        object.__setattr__(self, "theta", theta)
 
 
 @dataclass
@@ -76,22 +83,33 @@ class REMLResult:
     handed_over: bool = False   # stopped for ``hand_over`` (see ``fit_variances``)
 
 
-class Model:
-    """The MME of one fitted design with a map θ ↔ (G₀ per block, σ²ₑ)."""
+#: the estimation methods
+METHODS = ("REML", "ML")
 
-    def __init__(self, mme: MME, method: str):
+
+class Likelihood:
+    """The REML or ML log-likelihood of one MME as a function of θ, with its score
+    and average information (lme4's ``mkLmerDevfun``, in Henderson's form).
+
+    Parameters
+    ----------
+    mme : MME
+    method : "REML" or "ML"
+    """
+
+    def __init__(self, mme: MME, method: str = "REML"):
+        method = str(method).upper()
+        if method not in METHODS:
+            raise OptionError(f"method must be 'REML' or 'ML', got {method!r}")
         self.mme = mme
-        self.method = method.upper()
-        self.sizes = [s.n_params for s in mme.structures]
-        self.k = sum(self.sizes) + 1
+        self.method = method
+        self.sizes = mme.sizes
+        self.k = mme.k
         self.q = mme.dim - mme.p
 
     def split(self, theta: np.ndarray) -> tuple:
-        G0s, i = [], 0
-        for s, m in zip(self.mme.structures, self.sizes):
-            G0s.append(s.G0(theta[i:i + m]))
-            i += m
-        return G0s, float(theta[-1])
+        """(list of G₀ per block, σ²ₑ) from θ (``MME.split``)."""
+        return self.mme.split(theta)
 
     def variance_index(self) -> np.ndarray:
         """Mask of θ entries that are variances (diagonal of G₀, and σ²ₑ)."""
@@ -111,14 +129,17 @@ class Model:
 
     def feasible(self, theta: np.ndarray) -> bool:
         G0s, s2e = self.split(theta)
-        return s2e > 0 and all(is_psd(G, 1e-12) for G in G0s)
+        return s2e > 0 and all(is_positive_definite(G, 1e-12) for G in G0s)
 
     # ---------------------------------------------------------------------
     def evaluate(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
+        """−2ℓ at θ, the solution, residuals and (with ``derivatives``) score and AI.
+
+        Leaves the factor at θ (``MME.ensure``).
+        """
         mme, ml = self.mme, self.method == "ML"
         G0s, s2e = self.split(theta)
-        mme.set_values(G0s, s2e)
-        mme.factorize()
+        mme.ensure(theta)
         n, p = mme.n, mme.p
         rhs = mme.rhs(s2e)
         sol = mme.solve(rhs)
@@ -128,7 +149,7 @@ class Model:
         m2ll = n * np.log(s2e) + logdet_G + mme.logdet() + yPy
         F = None
         if ml and p > 0:
-            F = self._fixed_columns()
+            F = mme.fixed_columns()
             Cxx = F[:p]
             m2ll += n * LOG2PI + np.linalg.slogdet(Cxx)[1]
         else:
@@ -142,12 +163,6 @@ class Model:
         self._traces(ev, G0s, s2e)
         ev.score, ev.AI = self._score_ai(ev, G0s, s2e)
         return ev
-
-    def _fixed_columns(self) -> np.ndarray:
-        mme = self.mme
-        E = np.zeros((mme.dim, mme.p))
-        E[np.arange(mme.p), np.arange(mme.p)] = 1.0
-        return mme.solve(E)
 
     def _traces(self, ev: Evaluation, G0s: list, s2e: float) -> None:
         mme = self.mme
@@ -322,7 +337,7 @@ def _decrement(ev: Evaluation, free: np.ndarray) -> float:
     return float(ev.score[free] @ _newton_step(ev, free)[free])
 
 
-def starting_values(model: Model) -> np.ndarray:
+def starting_values(model: Likelihood) -> np.ndarray:
     """Moment starts from the OLS residuals, where cheap and defined.
 
     A scalar term with K = I (``(1|g)``, ``(0 + x|g)``) starts at its one-way ANOVA
@@ -352,11 +367,12 @@ def starting_values(model: Model) -> np.ndarray:
     return np.concatenate(theta + [np.array([max(v - explained, 0.1 * v)])])
 
 
-def fit_variances(model: Model, theta0: np.ndarray | None = None, max_iter: int = 200,
-                  n_em: int = 0, tol_ll: float = 1e-9, tol_decrement: float = 1e-9,
+def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter: int = 200,
+                  tol_ll: float = 1e-9, tol_decrement: float = 1e-9,
                   verbose: bool = False, hand_over=None) -> REMLResult:
-    """AI-REML (or AI-ML) from ``theta0``: EM steps first, AI steps with step-halving,
-    EM as a fallback; variances kept ≥ a small bound, G₀ kept positive definite.
+    """AI-REML (or AI-ML) from ``theta0`` (default ``starting_values``): AI steps with
+    step-halving, EM as a fallback; variances kept ≥ a small bound, G₀ kept positive
+    definite.
 
     Converged when the Newton decrement score'·AI⁻¹·score at the current θ is below
     ``TOL_DECREMENT_ABS`` (θ within ~3e-5 standard errors of the optimum), or when it
@@ -381,35 +397,30 @@ def fit_variances(model: Model, theta0: np.ndarray | None = None, max_iter: int 
         t1 = time.perf_counter()
         scale = np.abs(theta).max()
         lb = 1e-10 * scale
-        if it <= n_em:
+        free = ~(at_bound & (ev.score < 0))
+        delta = _newton_step(ev, free)
+        step, ev_new, kind = 1.0, None, "AI"
+        to_bound = _heading_for_zero(ev, theta, delta, free, log_mask)
+        for h in range(12):
+            trial = ai_trial(theta, delta, step, log_mask)
+            if step == 1.0:
+                trial[to_bound] = 0.0
+            low = var_mask & (trial < lb)
+            trial[low] = lb
+            if model.feasible(trial):
+                try:
+                    cand = model.evaluate(trial)
+                except NotPositiveDefiniteError:
+                    cand = None
+                if cand is not None and cand.loglik >= ev.loglik - 1e-10 * abs(ev.loglik):
+                    ev_new, new = cand, trial
+                    at_bound = low
+                    break
+            step *= 0.5
+            kind = f"AI/2^{h + 1}"
+        if ev_new is None:
             new = model.em_step(ev)
-            kind, step = "EM", 1.0
-            ev_new = model.evaluate(new)
-        else:
-            free = ~(at_bound & (ev.score < 0))
-            delta = _newton_step(ev, free)
-            step, ev_new, kind = 1.0, None, "AI"
-            to_bound = _heading_for_zero(ev, theta, delta, free, log_mask)
-            for h in range(12):
-                trial = ai_trial(theta, delta, step, log_mask)
-                if step == 1.0:
-                    trial[to_bound] = 0.0
-                low = var_mask & (trial < lb)
-                trial[low] = lb
-                if model.feasible(trial):
-                    try:
-                        cand = model.evaluate(trial)
-                    except NotPositiveDefiniteError:
-                        cand = None
-                    if cand is not None and cand.loglik >= ev.loglik - 1e-10 * abs(ev.loglik):
-                        ev_new, new = cand, trial
-                        at_bound = low
-                        break
-                step *= 0.5
-                kind = f"AI/2^{h + 1}"
-            if ev_new is None:
-                new = model.em_step(ev)
-                ev_new, kind, step = model.evaluate(new), "EM (fallback)", 1.0
+            ev_new, kind, step = model.evaluate(new), "EM (fallback)", 1.0
         change = ev_new.loglik - ev.loglik
         theta, ev = ev_new.theta, ev_new
         fallbacks = fallbacks + 1 if kind == "EM (fallback)" else 0
@@ -427,7 +438,7 @@ def fit_variances(model: Model, theta0: np.ndarray | None = None, max_iter: int 
                   f"decrement {decrement_new:.3g} theta {np.array2string(theta, precision=6)} "
                   f"({rec.seconds:.3f}s)")
         tol = max(1.0, abs(ev.loglik))
-        if it > n_em and 0.0 <= decrement_new and (
+        if 0.0 <= decrement_new and (
                 decrement_new < TOL_DECREMENT_ABS
                 or (decrement_new < tol_decrement * tol and abs(change) < tol_ll * tol)):
             converged = True

@@ -9,6 +9,16 @@ only rewrites ``C.data`` in place: ``C.data = base / σ²ₑ``, then the G⁻¹ 
 at their precomputed slots. ``cholmod.analyze`` (fill-reducing ordering and
 symbolic factorization) runs once per model; each θ costs one numeric
 refactorization (``Factor.cholesky_inplace``).
+
+Factor state is explicit: ``MME.theta`` is the θ whose values C and its factor
+hold, and ``MME.ensure(θ)`` is the one way to put them there (a no-op when they
+already are). Anything that solves with the factor calls ``ensure`` first, so no
+caller has to "restore" the factor after evaluating elsewhere. ``release()``
+drops the factor (9 GB at 1M animals); ``ensure`` then raises
+``FactorReleasedError``.
+
+θ is laid out as the lower-triangle elements of each block's G₀ (``covariance``'s
+order), then σ²ₑ; ``split`` and ``theta_of`` convert.
 """
 from __future__ import annotations
 
@@ -17,7 +27,7 @@ import scipy.sparse as sp
 from sksparse import cholmod
 
 from .. import _core
-from .._errors import NotPositiveDefiniteError
+from .._errors import FactorReleasedError, InternalError, NotPositiveDefiniteError
 from .._threads import all_cores_for_large
 from ..model.covariance import BlockStructure
 from ..model.design import Design
@@ -91,14 +101,16 @@ class MME:
     W : csc (n × dim)      [X Z]
     C : csc (dim × dim)    lower triangle of C, values for the last θ set
     structures : list of BlockStructure
+    sizes : list of int    number of θ entries of each block
+    k : int                len(θ) (block parameters, then σ²ₑ)
+    theta : ndarray or None  the θ whose values C and the factor hold
     factor : sksparse.cholmod.Factor, analyzed once (``n_analyze`` counts it)
     """
 
     def __init__(self, design: Design, ordering: str = "auto"):
         self.design = design
         X = design.X
-        Zs = [b.Z for b in design.blocks]
-        self.W = sp.hstack([X] + Zs, format="csc")
+        self.W = design.W
         self.n, self.dim = self.W.shape
         self.p = X.shape[1]
         self.y = design.y
@@ -109,9 +121,13 @@ class MME:
         for b in design.blocks:
             self.structures.append(BlockStructure(b, offset))
             offset += b.q
+        self.sizes = [s.n_params for s in self.structures]
+        self.k = sum(self.sizes) + 1
         self._build_pattern()
         self.ordering = choose_ordering(ordering, self.structures)
         self.factor = None
+        self.theta = None
+        self.released = False
         self.n_analyze = 0
         self.n_factorize = 0
         self._supernodes = None
@@ -134,19 +150,62 @@ class MME:
         self.gslots = []
         for s in self.structures:
             pos = csc_slots(C, s.rows, s.cols)
-            assert (pos >= 0).all(), "G⁻¹ slot missing from the pattern of C"
+            if (pos < 0).any():
+                raise InternalError("a G⁻¹ slot is missing from the pattern of C")
             self.gslots.append(pos)
         self.diag_slots = csc_slots(C, diag, diag)
 
-    # -- values ------------------------------------------------------------
+    # -- parameters ----------------------------------------------------------
+    def split(self, theta: np.ndarray) -> tuple:
+        """(list of G₀ per block, σ²ₑ) from θ."""
+        G0s, i = [], 0
+        for s, m in zip(self.structures, self.sizes):
+            G0s.append(s.G0(theta[i:i + m]))
+            i += m
+        return G0s, float(theta[-1])
+
+    def theta_of(self, G0s: list, sigma2_e: float) -> np.ndarray:
+        """θ from G₀ per block and σ²ₑ (the inverse of ``split``)."""
+        return np.concatenate([s.theta_of(G) for s, G in zip(self.structures, G0s)]
+                              + [np.array([float(sigma2_e)])])
+
+    # -- values and factor state ---------------------------------------------
+    def ensure(self, theta: np.ndarray) -> None:
+        """Make C and its factor those at θ (refactorize only when θ differs).
+
+        The one entry point to the factor's state: every solve, log-determinant
+        and selected inverse is at ``self.theta`` afterwards.
+        """
+        if self.released:
+            raise FactorReleasedError(
+                "the Cholesky factor of this fit was released (Fit.release()); quantities "
+                "that need it (Kenward-Roger df, emmeans/anova with new contrasts, "
+                "marginal_covariance, ...) are no longer available: refit the model")
+        theta = np.asarray(theta, dtype=float)
+        if self.theta is not None and np.array_equal(self.theta, theta):
+            return
+        G0s, s2e = self.split(theta)
+        self.set_values(G0s, s2e)
+        self._factorize()
+        self.theta = theta.copy()
+
+    def release(self) -> None:
+        """Drop the factor (and C's values); ``ensure`` raises afterwards."""
+        self.factor = None
+        self.theta = None
+        self._supernodes = None
+        self.released = True
+
     def set_values(self, G0s: list, sigma2_e: float) -> None:
-        """Rewrite C.data in place for G₀ of each block and σ²ₑ."""
+        """Rewrite C.data in place for G₀ of each block and σ²ₑ (no factorization:
+        the factor no longer matches C, so ``theta`` becomes None until ``ensure``)."""
+        self.theta = None
         data = self.C.data
         np.multiply(self.base, 1.0 / sigma2_e, out=data)
         for s, slots, G0 in zip(self.structures, self.gslots, G0s):
             data[slots] += s.ginv_values(np.linalg.inv(G0))
 
-    def factorize(self) -> None:
+    def _factorize(self) -> None:
         """Numeric Cholesky of C (symbolic analysis on the first call only)."""
         if self.factor is None:
             self.factor = cholmod.analyze(self.C, ordering_method=self.ordering)
@@ -172,6 +231,12 @@ class MME:
     def logdet(self) -> float:
         return float(self.factor.logdet())
 
+    def fixed_columns(self) -> np.ndarray:
+        """F = C⁻¹[:, :p] (dim × p) by p solves with the factor in hand."""
+        E = np.zeros((self.dim, self.p))
+        E[np.arange(self.p), np.arange(self.p)] = 1.0
+        return self.solve(E)
+
     # -- selected inverse --------------------------------------------------
     def selected_inverse(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """(C⁻¹)[rows, cols] for entries on the pattern of C (selected inversion).
@@ -195,5 +260,5 @@ class MME:
         lo, hi = np.minimum(r, c), np.maximum(r, c)
         pos = csc_slots(L, hi, lo)
         if (pos < 0).any():
-            raise RuntimeError("requested entry of C⁻¹ is not on the pattern of L")
+            raise InternalError("requested entry of C⁻¹ is not on the pattern of L")
         return Zx[pos]

@@ -30,7 +30,7 @@ from scipy import stats
 from .._errors import DataError
 from ..model.design import r_name
 from .kenward_roger import DfMethodError, check_kenward_roger, kenward_roger
-from .satterthwaite import satterthwaite_df, satterthwaite_F_df
+from .satterthwaite import contrast_eigen, satterthwaite_df, satterthwaite_F_df
 
 __all__ = ["anova", "confint", "type3_contrasts", "DfMethodError"]
 
@@ -47,7 +47,6 @@ PIVOT_EPS = 1e-8
 ENTRY_EPS = 1e-6
 GINV_EPS = 1e-10
 #: lmerTest's eigenvalue tolerance for the rank of LΦL' (sqrt of machine epsilon).
-EIGEN_EPS = float(np.sqrt(np.finfo(float).eps))
 
 
 # ------------------------------------------------------------------ df methods --
@@ -80,12 +79,12 @@ def residual_df(fit) -> float:
     return float(fit.nobs - len(fit.beta))
 
 
-def wald(fit, L: np.ndarray, method: str, kr_options: dict | None = None) -> tuple:
+def wald(fit, L: np.ndarray, method: str) -> tuple:
     """Estimates, standard errors and df of the rows of L (m × p) for a resolved method."""
     L = np.atleast_2d(np.asarray(L, float))
     est = L @ fit.beta
     if method == "kenward-roger":
-        kr = kenward_roger(fit, **(kr_options or {}))
+        kr = kenward_roger(fit)
         V = kr.vcov_adj
         df = kr.df(L)
     else:
@@ -101,25 +100,21 @@ def wald(fit, L: np.ndarray, method: str, kr_options: dict | None = None) -> tup
     return est, np.sqrt(np.maximum(var, 0.0)), np.asarray(df, float)
 
 
-def ftest(fit, L: np.ndarray, method: str, kr_options: dict | None = None) -> dict:
+def ftest(fit, L: np.ndarray, method: str) -> dict:
     """F test of Lβ = 0: ``num_df, den_df, F_value, p_value`` (lmerTest's ``contestMD``)."""
     L = np.atleast_2d(np.asarray(L, float))
     if L.shape[0] == 0 or not np.any(L):
         return {"num_df": 0, "den_df": np.nan, "F_value": np.nan, "p_value": np.nan}
     if method == "kenward-roger":
-        out = kenward_roger(fit, **(kr_options or {})).ftest(L, fit.beta)
+        out = kenward_roger(fit).ftest(L, fit.beta)
         out = {k: out[k] for k in ("num_df", "den_df", "F_value")}
     else:
         Phi = fit.vcov_beta
-        VL = L @ Phi @ L.T
-        w, P = np.linalg.eigh(VL)
-        w, P = w[::-1], P[:, ::-1]                      # decreasing, as R's eigen()
-        keep = w > max(EIGEN_EPS * w[0], 0.0)
-        q = int(keep.sum())
+        w, P = contrast_eigen(L, Phi)
+        q = w.shape[0]
         if q == 0:
             return {"num_df": 0, "den_df": np.nan, "F_value": np.nan, "p_value": np.nan}
-        PtL = P[:, keep].T @ L
-        F = float(np.sum((PtL @ fit.beta) ** 2 / w[keep]) / q)
+        F = float(np.sum((P.T @ L @ fit.beta) ** 2 / w) / q)
         if method == "satterthwaite":
             it = fit.internals
             ddf = satterthwaite_F_df(L, Phi, *it.satterthwaite_pieces)

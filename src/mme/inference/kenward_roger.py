@@ -46,8 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .._errors import DfMethodError
-from .satterthwaite import vcov_derivatives
+from .._errors import DfMethodError, OptionError
+from ..model.covariance import ginv_matrix
 
 #: Largest number of random effects q for which the traces are computed exactly.
 EXACT_MAX_Q = 5000
@@ -133,7 +133,7 @@ def kenward_roger(fit, trace_method: str = "auto", n_probes: int = N_PROBES,
     """
     check_kenward_roger(fit)
     key = (trace_method, int(n_probes), int(seed), int(exact_max_q))
-    cache = fit.internals.__dict__.setdefault("_kenward_roger_cache", {})
+    cache = fit.internals.kenward_roger_cache
     if key not in cache:
         cache[key] = _compute(fit, trace_method, int(n_probes), int(seed), int(exact_max_q))
     return cache[key]
@@ -155,22 +155,19 @@ def check_kenward_roger(fit) -> None:
 
 def _compute(fit, trace_method, n_probes, seed, exact_max_q) -> KenwardRoger:
     it = fit.internals
-    model, theta = it.model, np.asarray(it.theta, float)
+    model, theta = it.likelihood, np.asarray(it.theta, float)
     mme = model.mme
     p, dim = mme.p, mme.dim
     q = dim - p
     G0s, s2e = model.split(theta)
-    # the factor must be the one at θ̂ (someone may have evaluated elsewhere since)
-    mme.set_values(G0s, s2e)
-    mme.factorize()
     Phi = np.array(fit.vcov_beta, float)
-    F = it.F if it.F is not None else model._fixed_columns()
-    dvcov = it.dvcov if it.dvcov is not None else vcov_derivatives(model, theta, F)
+    F = it.F
+    dvcov = it.dvcov
+    mme.ensure(theta)
 
     blocks = _block_params(mme, G0s, p)   # list of (slice in u, a_i (q_k×q_k) csr, structure)
     kb = len(blocks)
-    Gamma = sp.block_diag([sp.kron(sp.csr_matrix(np.linalg.inv(G0)), s.Kinv)
-                           for s, G0 in zip(mme.structures, G0s)], format="csr")
+    Gamma = ginv_matrix(mme.design.blocks, G0s)
 
     if trace_method == "auto":
         trace_method = "exact" if q <= exact_max_q else "hutchinson"
@@ -184,7 +181,7 @@ def _compute(fit, trace_method, n_probes, seed, exact_max_q) -> KenwardRoger:
         tr_CG = _trace_Cuu_Gamma(mme, G0s)
         used = n_probes
     else:
-        raise ValueError(f"trace_method must be 'auto', 'exact' or 'hutchinson', got {trace_method!r}")
+        raise OptionError(f"trace_method must be 'auto', 'exact' or 'hutchinson', got {trace_method!r}")
 
     k = kb + 1
     info = np.zeros((k, k))

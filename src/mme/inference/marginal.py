@@ -53,12 +53,12 @@ def marginal_covariance(fit, rows=None, force: bool = False) -> sp.csc_matrix:
     """
     design = fit.internals.design
     n = design.n
-    idx = _row_positions(rows, n)
+    idx = row_positions(rows, n)
     m = idx.shape[0]
     if m > MAX_ROWS and not force:
         raise DataError(f"marginal_covariance of {m} rows would hold up to {m}² entries; "
                         f"choose rows (at most {MAX_ROWS}) or pass force=True")
-    G0s, s2e = fit.internals.model.split(fit.internals.theta_reported)
+    G0s, s2e = fit.internals.mme.split(fit.internals.theta_reported)
     # R = σ²ₑ I on the chosen rows: Eᵣ Eᵣ' with Eᵣ the selection of rows `idx`
     E = sp.csr_matrix((np.ones(m), (np.arange(m), idx)), shape=(m, n))
     V = (s2e * (E @ E.T)).tocsc()
@@ -70,7 +70,7 @@ def marginal_covariance(fit, rows=None, force: bool = False) -> sp.csc_matrix:
     return V
 
 
-def _row_positions(rows, n: int) -> np.ndarray:
+def row_positions(rows, n: int) -> np.ndarray:
     if rows is None:
         return np.arange(n, dtype=np.int64)
     if isinstance(rows, slice):
@@ -104,20 +104,13 @@ def _block_covariance(Zr: sp.csc_matrix, block, G0: np.ndarray) -> sp.csc_matrix
         return sp.csc_matrix((Zr.shape[0], Zr.shape[0]))
     cols = (np.arange(d)[:, None] * L + S[None, :]).ravel()   # term-major, like Z
     ZS = Zr[:, cols].tocsr()
-    if _is_identity(block.Kinv):
+    if block.k_is_identity:
         G = sp.kron(sp.csr_matrix(G0), sp.identity(S.size, format="csr"), format="csr")
         return (ZS @ G @ ZS.T).tocsc()
     KSS = relationship_submatrix(block.Kinv, S)              # |S| × |S| dense
     G = np.kron(G0, KSS)                                     # d|S| × d|S| dense
     ZG = np.asarray(ZS @ G)                                  # m × d|S|
     return sp.csc_matrix(np.asarray(ZS @ ZG.T).T)
-
-
-def _is_identity(K: sp.spmatrix) -> bool:
-    K = sp.csr_matrix(K)
-    L = K.shape[0]
-    diag = K.diagonal()
-    return K.count_nonzero() == L and bool(np.all(diag == 1.0))
 
 
 def relationship_submatrix(Kinv: sp.spmatrix, S: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from formulaic import Formula
 from .._errors import DataError, FormulaError
 from ..model.design import _term_variables, r_name
 from ..model.formula import parse_formula
-from ..breeding.pedigree import normalize_ids
+from ..model.ids import normalize_ids
 
 #: how many unseen labels a message lists
 _SHOW = 5

@@ -39,7 +39,10 @@ def vcov_derivatives(model, theta: np.ndarray, F: np.ndarray) -> np.ndarray:
 
 
 def observed_information(model, theta: np.ndarray, at_bound: np.ndarray | None = None) -> np.ndarray:
-    """−∂²ℓ/∂θ∂θ' by central differences of the analytic score (2k evaluations)."""
+    """−∂²ℓ/∂θ∂θ' by central differences of the analytic score (2k evaluations).
+
+    Leaves the factor elsewhere than θ: users of the factor call ``MME.ensure``.
+    """
     k = theta.shape[0]
     H = np.zeros((k, k))
     scale = np.maximum(np.abs(theta), 1e-3 * np.abs(theta).max())
@@ -56,8 +59,6 @@ def observed_information(model, theta: np.ndarray, at_bound: np.ndarray | None =
         s_up = model.evaluate(up).score
         s_dn = model.evaluate(dn).score
         H[:, i] = (s_up - s_dn) / (h + h_dn)
-    # restore the factor at θ for whoever uses it next
-    model.evaluate(theta, derivatives=False)
     return -0.5 * (H + H.T)
 
 
@@ -72,6 +73,22 @@ def satterthwaite_df(L: np.ndarray, vcov: np.ndarray, dvcov: np.ndarray,
         return np.where(denom > 0, 2.0 * var ** 2 / denom, np.inf)
 
 
+#: eigenvalues of L Var(β̂) L' at or below this × the largest are dropped (R's
+#: ``sqrt(.Machine$double.eps)`` in lmerTest's ``contestMD``)
+EIGEN_EPS = float(np.sqrt(np.finfo(float).eps))
+
+
+def contrast_eigen(L: np.ndarray, vcov: np.ndarray) -> tuple:
+    """(w, P) of L Var(β̂) L' = P diag(w) P', decreasing as R's ``eigen()``, the
+    eigen-directions with w > ``EIGEN_EPS`` · w₁ only: the one home of the
+    eigen-split behind the Wald F statistic and its Satterthwaite df."""
+    L = np.atleast_2d(L)
+    w, P = np.linalg.eigh(L @ vcov @ L.T)
+    w, P = w[::-1], P[:, ::-1]
+    keep = w > max(EIGEN_EPS * w[0], 0.0)
+    return w[keep], P[:, keep]
+
+
 def satterthwaite_F_df(L: np.ndarray, vcov: np.ndarray, dvcov: np.ndarray,
                        vcov_theta: np.ndarray) -> float:
     """Denominator df of the F test of Lβ = 0, as lmerTest's ``contestMD``:
@@ -82,14 +99,11 @@ def satterthwaite_F_df(L: np.ndarray, vcov: np.ndarray, dvcov: np.ndarray,
     L = np.atleast_2d(L)
     if L.shape[0] == 1:
         return float(satterthwaite_df(L, vcov, dvcov, vcov_theta)[0])
-    VL = L @ vcov @ L.T
-    w, P = np.linalg.eigh(VL)
-    w, P = w[::-1], P[:, ::-1]                  # decreasing, as R's eigen()
-    keep = w > max(np.sqrt(np.finfo(float).eps) * w[0], 0.0)
-    q = int(keep.sum())
+    w, P = contrast_eigen(L, vcov)
+    q = w.shape[0]
     if q == 0:
         return float("nan")
-    nu = satterthwaite_df(P[:, keep].T @ L, vcov, dvcov, vcov_theta)
+    nu = satterthwaite_df(P.T @ L, vcov, dvcov, vcov_theta)
     if q == 1:
         return float(nu[0])
     if np.all(np.abs(np.diff(nu)) < 1e-8):

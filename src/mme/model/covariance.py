@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from .._errors import DataError
 from .design import RandomBlock
 
 
@@ -123,7 +124,68 @@ class BlockStructure:
         return -sp.kron(sp.csr_matrix(M), self.Kinv, format="csr")
 
 
-def is_psd(G0: np.ndarray, tol: float = 0.0) -> bool:
-    """True when the smallest eigenvalue of G₀ is > tol · its largest (|.|)."""
+def is_positive_definite(G0: np.ndarray, tol: float = 0.0) -> bool:
+    """True when the smallest eigenvalue of symmetric G₀ is > tol · its largest (|.|)."""
     w = np.linalg.eigvalsh(G0)
     return w[0] > tol * max(abs(w[-1]), 1e-300)
+
+
+#: ``variances=`` must give each G₀ with smallest/largest eigenvalue above this
+KNOWN_G0_MIN_EIGEN_RATIO = 1e-12
+
+
+def parse_variances(blocks, variances) -> tuple:
+    """(list of G₀ per block, σ²ₑ) from ``variances=`` as ``mme.fit`` and PCG take it.
+
+    ``{"rep": 0.035, "Residual": 0.044}``; a term with d slopes takes a d × d matrix.
+    Every G₀ must be symmetric positive definite and σ²ₑ > 0; the errors name the term.
+    """
+    if not isinstance(variances, dict):
+        raise DataError("variances must be a dict such as {'id': 0.5, 'Residual': 1.0}, "
+                        f"got {type(variances).__name__}")
+    groups = [b.group for b in blocks]
+    unknown = sorted(set(variances) - set(groups) - {"Residual"})
+    if unknown:
+        raise DataError(f"variances: {unknown} are not random terms of the model "
+                        f"(its terms: {groups}, and 'Residual')")
+    G0s = []
+    for b in blocks:
+        if b.group not in variances:
+            raise DataError(f"variances: no value for random term {b.group!r} "
+                            f"(given: {sorted(variances)})")
+        try:
+            G0 = np.atleast_2d(np.asarray(variances[b.group], dtype=float))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"variances[{b.group!r}] is not numeric: {exc}") from exc
+        if G0.shape != (b.d, b.d):
+            raise DataError(f"variances[{b.group!r}] must be {b.d} × {b.d} for terms "
+                            f"{list(b.terms)}, got shape {G0.shape}")
+        if not np.all(np.isfinite(G0)) or not np.allclose(G0, G0.T):
+            raise DataError(f"variances[{b.group!r}] must be finite and symmetric")
+        if not is_positive_definite(G0, KNOWN_G0_MIN_EIGEN_RATIO) or np.any(np.diag(G0) <= 0):
+            raise DataError(f"variances[{b.group!r}] must be > 0 (a d × d G₀ positive "
+                            f"definite), got {G0.tolist()}")
+        G0s.append(G0)
+    if "Residual" not in variances:
+        raise DataError("variances: a 'Residual' value is required")
+    try:
+        s2e = float(variances["Residual"])
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"variances['Residual'] must be a number: {exc}") from exc
+    if not (np.isfinite(s2e) and s2e > 0):
+        raise DataError(f"variances: 'Residual' must be > 0, got {s2e}")
+    return G0s, s2e
+
+
+def ginv_matrix(blocks, G0s: list, p: int = 0) -> sp.csr_matrix:
+    """G⁻¹ = blockdiag(0ₚ, G₀₁⁻¹ ⊗ K₁⁻¹, …) (dim × dim, sparse, both triangles).
+
+    With p = 0 only the random part (q × q).
+    """
+    parts = [sp.kron(sp.csr_matrix(np.linalg.inv(G0)), b.Kinv, format="csr")
+             for b, G0 in zip(blocks, G0s)]
+    if p:
+        parts = [sp.csr_matrix((p, p))] + parts
+    if not parts:
+        return sp.csr_matrix((p, p))
+    return sp.block_diag(parts, format="csr")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -18,8 +19,8 @@ import scipy.sparse as sp
 from formulaic import Formula
 
 from .._errors import DataError, DroppedRowsWarning, FormulaError
-from .formula import ModelFormula, RandomTerm
-from ..breeding.pedigree import normalize_ids
+from .formula import ModelFormula, RandomTerm, parse_formula
+from .ids import normalize_ids
 
 #: A column of X is aliased when the squared norm of its residual on the kept
 #: columns before it is below ALIAS_TOL × its squared norm. R's lm uses 1e-7 on the
@@ -42,6 +43,7 @@ class RandomBlock:
     Kinv: sp.csc_matrix     # L × L, symmetric, full (both triangles)
     logdet_K: float         # log|K| (0 for identity)
     Kdiag: np.ndarray = None  # diag(K) (1 + F for a pedigree); None if unknown
+    k_is_identity: bool = True  # K = I (no relationship matrix given): the one test of it
 
     @property
     def d(self) -> int:
@@ -52,20 +54,18 @@ class RandomBlock:
         return len(self.levels)
 
     @property
-    def k_is_identity(self) -> bool:
-        """True when K = I (no relationship matrix given)."""
-        K = self.Kinv
-        return K.nnz == self.n_levels and bool(np.all(K.diagonal() == 1.0))
-
-    @property
     def q(self) -> int:
         return self.d * self.n_levels
 
 
 @dataclass(frozen=True)
 class Design:
-    """Everything numeric that the MME need, plus the names to report results."""
+    """Everything numeric that the MME need, plus the names to report results.
 
+    Stage 1 of a fit (``build_design``); ``W = [X Z]`` is formed once, on first use.
+    """
+
+    formula: str            # the formula as the user wrote it
     y: np.ndarray
     X: sp.csc_matrix
     fixed_names: tuple
@@ -73,7 +73,11 @@ class Design:
     blocks: tuple
     fixed_spec: object = field(repr=False)   # formulaic ModelSpec, for new data
     data: pd.DataFrame = field(repr=False)   # the rows used (after dropping NA)
-    n_dropped: int = 0
+
+    @cached_property
+    def W(self) -> sp.csc_matrix:
+        """[X Z₁ … Z_b] (n × dim), sparse CSC."""
+        return sp.hstack([self.X] + [b.Z for b in self.blocks], format="csc")
 
     @property
     def n(self) -> int:
@@ -127,7 +131,7 @@ def _check_columns(mf: ModelFormula, data: pd.DataFrame, relmat: dict) -> list:
     return cols
 
 
-def _drop_missing(data: pd.DataFrame, cols: list) -> tuple:
+def _drop_missing(data: pd.DataFrame, cols: list) -> pd.DataFrame:
     sub = data[cols]
     keep = ~sub.isna().any(axis=1).to_numpy()
     n_drop = int((~keep).sum())
@@ -140,7 +144,7 @@ def _drop_missing(data: pd.DataFrame, cols: list) -> tuple:
     if len(out) == 0:
         raise DataError(
             f"no rows left after dropping {n_drop} rows with missing values in {cols}")
-    return out, n_drop
+    return out
 
 
 def _response(data: pd.DataFrame, name: str) -> np.ndarray:
@@ -311,11 +315,28 @@ def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict) -> RandomB
     Z = sp.csc_matrix((T.T.ravel(), (rows, cols)), shape=(n, d * L))
     Z.eliminate_zeros()
     return RandomBlock(group=term.group, terms=names, levels=levels, Z=Z,
-                       Kinv=Kinv, logdet_K=logdet, Kdiag=Kdiag)
+                       Kinv=Kinv, logdet_K=logdet, Kdiag=Kdiag,
+                       k_is_identity=term.group not in relmat)
 
 
-def build_design(mf: ModelFormula, data: pd.DataFrame, relmat: dict | None = None) -> Design:
-    """Stage 2 of a fit: data frame → y, sparse X, sparse Z blocks."""
+def build_design(formula: str | ModelFormula, data: pd.DataFrame,
+                 relmat: dict | None = None) -> Design:
+    """Stage 1 of a fit: formula + data frame → y, sparse X, sparse Z blocks.
+
+    Parameters
+    ----------
+    formula : str or ModelFormula
+        lme4 syntax (``"y ~ a + (1|g)"``), or a formula parsed by ``parse_formula``.
+    data : DataFrame
+        Rows with missing values in the model's columns are dropped (with a warning).
+    relmat : dict, optional
+        ``{"id": mme.Pedigree}`` or ``{"id": (levels, Kinv)}``.
+
+    Returns
+    -------
+    Design
+    """
+    mf = formula if isinstance(formula, ModelFormula) else parse_formula(formula)
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     relmat = dict(relmat or {})
@@ -323,9 +344,9 @@ def build_design(mf: ModelFormula, data: pd.DataFrame, relmat: dict | None = Non
     for g in relmat:
         if g not in {t.group for t in mf.random}:
             raise FormulaError(f"relmat given for {g!r}, but the formula has no (… | {g}) term")
-    data, n_drop = _drop_missing(data, cols)
+    data = _drop_missing(data, cols)
     y = _response(data, mf.response)
     X, names, aliased, spec = _fixed_matrix(mf, data)
     blocks = tuple(_random_block(t, data, relmat) for t in mf.random)
-    return Design(y=y, X=X, fixed_names=names, aliased=aliased, blocks=blocks,
-                  fixed_spec=spec, data=data, n_dropped=n_drop)
+    return Design(formula=formula if isinstance(formula, str) else mf.text, y=y, X=X, fixed_names=names, aliased=aliased, blocks=blocks,
+                  fixed_spec=spec, data=data)
