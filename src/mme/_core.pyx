@@ -31,8 +31,7 @@ ctypedef fused idx_t:
     int64_t
 
 
-class PatternError(RuntimeError):
-    """The factor's pattern is not closed under elimination (not a Cholesky pattern)."""
+from ._errors import KernelArgumentError, OutOfMemoryError, PatternError
 
 
 def selected_inverse(idx_t[::1] indptr, idx_t[::1] indices, const double[::1] Lx,
@@ -66,7 +65,7 @@ def selected_inverse(idx_t[::1] indptr, idx_t[::1] indices, const double[::1] Lx
     cdef int bad = 0
     cdef Py_ssize_t bad_col = -1
     if Lx.shape[0] != indices.shape[0] or Zx_out.shape[0] != indices.shape[0]:
-        raise ValueError("Lx, indices and Zx_out must have the same length")
+        raise KernelArgumentError("Lx, indices and Zx_out must have the same length")
     with nogil:
         for j in range(first, -1, -1):
             p0 = indptr[j]
@@ -122,7 +121,7 @@ def csc_positions(idx_t[::1] indptr, idx_t[::1] indices, const int64_t[::1] rows
     cdef int64_t lo, hi, mid, r, c
     cdef int bad = 0
     if cols.shape[0] != nq or pos_out.shape[0] != nq:
-        raise ValueError("rows, cols and pos_out must have the same length")
+        raise KernelArgumentError("rows, cols and pos_out must have the same length")
     with nogil:
         for t in range(nq):
             c = cols[t]
@@ -143,7 +142,7 @@ def csc_positions(idx_t[::1] indptr, idx_t[::1] indices, const int64_t[::1] rows
             else:
                 pos_out[t] = -1
     if bad:
-        raise IndexError("column index out of range")
+        raise KernelArgumentError("column index out of range")
 
 
 include "_selinv.pxi"

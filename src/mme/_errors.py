@@ -41,6 +41,18 @@ class InternalError(MMEError, RuntimeError):
     """An internal invariant does not hold: a bug in mme (please report it)."""
 
 
+class KernelArgumentError(InternalError, ValueError):
+    """A compiled kernel (``mme._core``) was called with inconsistent arrays."""
+
+
+class PatternError(InternalError):
+    """A factor's pattern is not a Cholesky pattern (``mme._core``'s selected inverse)."""
+
+
+class OutOfMemoryError(MMEError, MemoryError):
+    """A work buffer could not be allocated."""
+
+
 class ConvergenceWarning(UserWarning):
     """The REML iterations stopped before meeting the convergence criteria."""
 

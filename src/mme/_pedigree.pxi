@@ -23,11 +23,11 @@ cdef Py_ssize_t _first_unordered(const int64_t[::1] sire,
 cdef int _check_pedigree(const int64_t[::1] sire, const int64_t[::1] dam) except -1:
     cdef Py_ssize_t bad
     if dam.shape[0] != sire.shape[0]:
-        raise ValueError("sire and dam must have the same length")
+        raise KernelArgumentError("sire and dam must have the same length")
     with nogil:
         bad = _first_unordered(sire, dam)
     if bad >= 0:
-        raise ValueError(
+        raise KernelArgumentError(
             f"animal {bad}: parents ({sire[bad]}, {dam[bad]}) are not numbered before it "
             "(the kernels need parents before offspring, -1 for unknown)")
     return 0
@@ -61,7 +61,7 @@ def inbreeding(const int64_t[::1] sire, const int64_t[::1] dam, double[::1] F_ou
     cdef Py_ssize_t n = sire.shape[0]
     _check_pedigree(sire, dam)
     if F_out.shape[0] != n:
-        raise ValueError("F_out must have length n")
+        raise KernelArgumentError("F_out must have length n")
     L_arr = np.zeros(n, dtype=np.float64)
     D_arr = np.empty(n, dtype=np.float64)
     G_arr = np.empty(n, dtype=np.int64)
@@ -144,7 +144,7 @@ def mendelian_variances(const int64_t[::1] sire, const int64_t[::1] dam,
     cdef Py_ssize_t n = sire.shape[0]
     _check_pedigree(sire, dam)
     if F.shape[0] != n or d_out.shape[0] != n:
-        raise ValueError("F and d_out must have length n")
+        raise KernelArgumentError("F and d_out must have length n")
     cdef Py_ssize_t i
     cdef int64_t s, d
     cdef double fs, fd, di
@@ -163,7 +163,7 @@ def mendelian_variances(const int64_t[::1] sire, const int64_t[::1] dam,
             d_out[i] = di
             logdet += log(di)
     if bad >= 0:
-        raise ValueError(f"animal {bad}: Mendelian-sampling variance is not positive "
+        raise KernelArgumentError(f"animal {bad}: Mendelian-sampling variance is not positive "
                          "(inbreeding of its parents >= 1?)")
     return logdet
 
@@ -194,9 +194,9 @@ def ainverse_triplets(const int64_t[::1] sire, const int64_t[::1] dam,
     cdef Py_ssize_t n = sire.shape[0]
     _check_pedigree(sire, dam)
     if dvar.shape[0] != n:
-        raise ValueError("dvar must have length n")
+        raise KernelArgumentError("dvar must have length n")
     if rows_out.shape[0] < 9 * n or cols_out.shape[0] < 9 * n or vals_out.shape[0] < 9 * n:
-        raise ValueError("rows_out, cols_out and vals_out need length >= 9 n")
+        raise KernelArgumentError("rows_out, cols_out and vals_out need length >= 9 n")
     cdef Py_ssize_t i, k = 0
     cdef int64_t s, d
     cdef double b, h, q
@@ -261,7 +261,7 @@ def topological_generations(const int64_t[::1] sire, const int64_t[::1] dam,
     """
     cdef Py_ssize_t n = sire.shape[0]
     if dam.shape[0] != n or gen_out.shape[0] != n:
-        raise ValueError("sire, dam and gen_out must have the same length")
+        raise KernelArgumentError("sire, dam and gen_out must have the same length")
     ptr_arr = np.zeros(n + 1, dtype=np.int64)
     child_arr = np.empty(max(2 * n, 1), dtype=np.int64)
     indeg_arr = np.zeros(n, dtype=np.int64)
@@ -322,7 +322,7 @@ def topological_generations(const int64_t[::1] sire, const int64_t[::1] dam,
                 if indeg[i] > 0:
                     gen_out[i] = -1
     if bad:
-        raise ValueError("parent index out of range")
+        raise KernelArgumentError("parent index out of range")
     return tail
 
 
@@ -335,7 +335,7 @@ def mark_ancestors(const int64_t[::1] sire, const int64_t[::1] dam,
     cdef Py_ssize_t n = sire.shape[0]
     _check_pedigree(sire, dam)
     if mask_inout.shape[0] != n:
-        raise ValueError("mask_inout must have length n")
+        raise KernelArgumentError("mask_inout must have length n")
     cdef Py_ssize_t i, count = 0
     with nogil:
         for i in range(n - 1, -1, -1):
@@ -368,7 +368,7 @@ def a_multiply(const int64_t[::1] sire, const int64_t[::1] dam, const double[::1
     cdef Py_ssize_t k = X.shape[1]
     _check_pedigree(sire, dam)
     if dvar.shape[0] != n or X.shape[0] != n or Y_out.shape[0] != n or Y_out.shape[1] != k:
-        raise ValueError("dvar, X and Y_out must have n rows and X, Y_out the same shape")
+        raise KernelArgumentError("dvar, X and Y_out must have n rows and X, Y_out the same shape")
     cdef Py_ssize_t i, c
     cdef int64_t s, d
     cdef double di

@@ -193,9 +193,9 @@ def selected_inverse_supernodal(idx_t[::1] indptr, idx_t[::1] indices, const dou
     cdef int bad = 0
     cdef Py_ssize_t bad_col = -1
     if Lx.shape[0] != indices.shape[0] or Zx_out.shape[0] != indices.shape[0]:
-        raise ValueError("Lx, indices and Zx_out must have the same length")
+        raise KernelArgumentError("Lx, indices and Zx_out must have the same length")
     if panel < 1:
-        raise ValueError("panel must be positive")
+        raise KernelArgumentError("panel must be positive")
     for J in range(nsn):
         s = snode_start[J]
         e = snode_start[J + 1]
@@ -231,7 +231,7 @@ def selected_inverse_supernodal(idx_t[::1] indptr, idx_t[::1] indices, const dou
     cdef Py_ssize_t* relpos = <Py_ssize_t*>malloc((max_m + 1) * sizeof(Py_ssize_t))
     if Ldd == NULL or Lh == NULL or Zrd == NULL or P == NULL or relpos == NULL:
         free(Ldd); free(Lh); free(Zrd); free(P); free(relpos)
-        raise MemoryError("selected inverse: work buffers")
+        raise OutOfMemoryError("selected inverse: work buffers")
     try:
         with nogil:
             for J in range(nsn - 1, -1, -1):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from ._errors import OptionError, UnknownTermError
+
 #: rows drawn by :func:`marginal_covariance` when ``rows`` is None
 DEFAULT_ROWS = 60
 #: at most this many tick labels per axis
@@ -138,12 +140,12 @@ def caterpillar(fit, group: str, term: str = "(Intercept)", level: float = 0.95,
     matplotlib Axes; levels on the y axis (labelled when at most 60), BLUPs on x.
     """
     if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+        raise OptionError(f"level must be in (0, 1), got {level!r}")
     re = fit.random_effects
     sel = re[(re["group"] == group) & (re["term"] == term)]
     if sel.empty:
         pairs = sorted(set(zip(re["group"], re["term"])))
-        raise KeyError(f"no random effects for group {group!r}, term {term!r}; "
+        raise UnknownTermError(f"no random effects for group {group!r}, term {term!r}; "
                        f"the fit has (group, term) {pairs}")
     sel = sel.sort_values("blup", kind="stable")
     blup = sel["blup"].to_numpy()

@@ -21,8 +21,8 @@ import pandas as pd
 import scipy.sparse as sp
 from formulaic import Formula
 
-from .._errors import DataError, FormulaError
-from ..model.design import _term_variables, r_name
+from .._errors import DataError, FormulaError, OptionError
+from ..model.design import r_name, term_variables
 from ..model.formula import parse_formula
 from ..model.ids import normalize_ids
 
@@ -61,7 +61,7 @@ def predict(fit, newdata: pd.DataFrame | None = None, include_random: bool = Tru
         effects for that factor are 0.
     """
     if not isinstance(include_random, (bool, np.bool_)):
-        raise TypeError(f"include_random must be True or False, got {include_random!r}")
+        raise OptionError(f"include_random must be True or False, got {include_random!r}")
     design = fit.internals.design
     if newdata is None:
         values = fit.fitted() if include_random else _xbeta(fit, design.X)
@@ -96,7 +96,7 @@ def _xbeta(fit, X) -> np.ndarray:
 def _needed_columns(spec, terms) -> list:
     cols = sorted(spec.required_variables)
     for t in terms:
-        cols += sorted(_term_variables(t.expr)) + list(t.factors)
+        cols += sorted(term_variables(t.expr)) + list(t.factors)
     return list(dict.fromkeys(cols))
 
 
@@ -177,7 +177,7 @@ def _data_mismatch_warning():
 def _term_matrix(design, term, rows: pd.DataFrame) -> tuple:
     """The term's columns (n_new × d) with a spec learnt on the fitted rows, so that
     stateful transforms (``center(x)``) keep the fit's centring."""
-    for v in sorted(_term_variables(term.expr)):
+    for v in sorted(term_variables(term.expr)):
         col = rows[v]
         if not pd.api.types.is_numeric_dtype(col) or col.dtype == bool:
             raise DataError(f"random slope variable {v!r} in ({term.expr} | {term.group}) "

@@ -102,7 +102,8 @@ def _fixed_variables(fixed: str) -> set:
         raise FormulaError(f"cannot parse the fixed part {fixed!r}: {exc}") from exc
 
 
-def _term_variables(expr: str) -> set:
+def term_variables(expr: str) -> set:
+    """The data columns a term's expression (``1 + x``, ``poly(x, 2)``) reads."""
     return _fixed_variables(expr)
 
 
@@ -111,7 +112,7 @@ def used_columns(mf: ModelFormula) -> list:
     cols = [mf.response]
     cols += sorted(_fixed_variables(mf.fixed))
     for t in mf.random:
-        cols += sorted(_term_variables(t.expr))
+        cols += sorted(term_variables(t.expr))
         cols += list(t.factors)
     seen, out = set(), []
     for c in cols:
@@ -272,7 +273,7 @@ def _relmat_parts(rel, group: str) -> tuple:
 
 def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict) -> RandomBlock:
     n = len(data)
-    for v in sorted(_term_variables(term.expr)):
+    for v in sorted(term_variables(term.expr)):
         if not pd.api.types.is_numeric_dtype(data[v]) or data[v].dtype == bool:
             raise DataError(
                 f"random slope variable {v!r} in ({term.expr} | {term.group}) must be "
