@@ -82,7 +82,7 @@ def marginal_covariance(fit, rows=None, ax=None, cmap=None):
     Parameters
     ----------
     fit : mme.Fit
-    rows : positions among the fitted rows (see :func:`mme.marginal.marginal_covariance`)
+    rows : positions among the fitted rows (see :func:`mme.inference.marginal.marginal_covariance`)
         None: all rows when there are at most 60, else the first 60 rows in the
         order of the first grouping factor's levels.
     ax : matplotlib Axes, optional
@@ -102,7 +102,7 @@ def marginal_covariance(fit, rows=None, ax=None, cmap=None):
     size = float(np.clip(2.5 + 0.12 * m, 4.5, 11.0))
     ax = _new_axes(ax, (size + 1.2, size))
     lo, hi = float(V.min()), float(V.max())
-    if lo < 0:
+    if lo < -1e-12 * max(abs(hi), 1e-300):   # rounding (−5e-14) is not a negative covariance
         vmax = max(abs(lo), abs(hi))
         img = ax.imshow(V, cmap=cmap or "RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
     else:

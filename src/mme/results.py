@@ -320,27 +320,27 @@ class Fit:
 
     # -- inference (implemented in their own modules) -------------------------
     def emmeans(self, specs, by=None, at=None, df_method="kenward-roger", level=0.95):
-        """Estimated marginal means; see :func:`mme.emmeans.emmeans`."""
+        """Estimated marginal means; see :func:`mme.inference.emmeans.emmeans`."""
         from .inference.emmeans import emmeans
         return emmeans(self, specs, by=by, at=at, df_method=df_method, level=level)
 
     def anova(self, df_method="satterthwaite"):
-        """Type-III Wald F tests per term; see :func:`mme.anova.anova`."""
+        """Type-III Wald F tests per term; see :func:`mme.inference.anova.anova`."""
         from .inference.anova import anova
         return anova(self, df_method=df_method)
 
     def confint(self, level=0.95, df_method="satterthwaite"):
-        """Wald confidence intervals; see :func:`mme.anova.confint`."""
+        """Wald confidence intervals; see :func:`mme.inference.anova.confint`."""
         from .inference.anova import confint
         return confint(self, level=level, df_method=df_method)
 
     def predict(self, newdata=None, include_random=True):
-        """Predictions for new data; see :func:`mme.predict.predict`."""
+        """Predictions for new data; see :func:`mme.inference.predict.predict`."""
         from .inference.predict import predict
         return predict(self, newdata, include_random=include_random)
 
     def marginal_covariance(self, rows=None, force=False):
-        """V = ZGZ' + R for chosen rows, sparse; see :func:`mme.marginal.marginal_covariance`."""
+        """V = ZGZ' + R for chosen rows, sparse; see :func:`mme.inference.marginal.marginal_covariance`."""
         from .inference.marginal import marginal_covariance
         return marginal_covariance(self, rows, force=force)
 

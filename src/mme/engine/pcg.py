@@ -34,7 +34,7 @@ before stopping, and the iteration restarts from x if they disagree).
 
 The public entry is :func:`blup_pcg` (formula, data, variances, relmat — the
 same arguments as :func:`mme.fit` with ``variances``); :func:`solve_pcg` takes
-an already built :class:`~mme.design.Design` or a :class:`~mme.results.Fit`.
+an already built :class:`~mme.model.design.Design` or a :class:`~mme.results.Fit`.
 
 References
 ----------
@@ -356,7 +356,7 @@ def solve_pcg(fit_or_design, variances: dict | None = None, tol: float = 1e-8,
 
     Parameters
     ----------
-    fit_or_design : mme.Fit or mme.design.Design
+    fit_or_design : mme.Fit or mme.model.design.Design
         With a Fit, its design is reused and ``variances`` default to its
         estimates.
     variances : dict
@@ -393,7 +393,7 @@ def solve_pcg(fit_or_design, variances: dict | None = None, tol: float = 1e-8,
             variances = {b.group: G for b, G in zip(design.blocks, G0s)}
             variances["Residual"] = s2e
     else:
-        raise OptionError("solve_pcg needs an mme.Fit or an mme.design.Design; "
+        raise OptionError("solve_pcg needs an mme.Fit or an mme.model.design.Design; "
                         "use blup_pcg(formula, data, variances, relmat) from a formula")
     G0s, s2e = parse_variances(design.blocks, variances)
     op = MMEOperator(design, G0s, s2e, operator=operator,
