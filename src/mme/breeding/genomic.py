@@ -140,8 +140,12 @@ def genomic_relationship(M, method: str = "vanraden1", allele_freq=None, blend: 
         raise DataError(f"blend must be in [0, 1), got {blend}")
     ids = _ids_or_none(M)
     columns = M.columns if isinstance(M, pd.DataFrame) else None
-    X = np.asarray(M.to_numpy(dtype=np.float64) if isinstance(M, pd.DataFrame) else M,
-                   dtype=np.float64)
+    try:
+        X = np.asarray(M.to_numpy(dtype=np.float64) if isinstance(M, pd.DataFrame) else M,
+                       dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"genotypes must be coded 0/1/2 (copies of one allele) as numbers; "
+                        f"could not read them as numbers: {exc}") from exc
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
         raise DataError(f"M must be a non-empty 2-D (animals x markers) array, got {X.shape}")
     if not np.isfinite(X).all():
@@ -274,6 +278,9 @@ def single_step_inverse(ped: Pedigree, G, genotyped_ids=None, tau: float = 1.0,
     recursions of Colleau (2002), O(#ancestors) per genotyped animal; A22^-1
     and G^-1 are dense (g x g), fine for up to several thousand genotyped.
     """
+    if not isinstance(ped, Pedigree):
+        raise DataError(f"single_step_inverse needs an mme.Pedigree as its first argument, "
+                        f"got {type(ped).__name__} (build one with mme.Pedigree.from_frame)")
     if genotyped_ids is None:
         if not isinstance(G, pd.DataFrame):
             raise DataError("genotyped_ids is required when G is not a DataFrame")

@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 from formulaic import Formula
 
-from .._errors import DataError, DroppedRowsWarning, FormulaError
+from .._errors import DataError, DroppedRowsWarning, FormulaError, NotPositiveDefiniteError
 from .formula import ModelFormula, RandomTerm, parse_formula
 from .ids import normalize_ids
 
@@ -250,6 +250,10 @@ def group_codes(data: pd.DataFrame, factors: tuple) -> tuple:
     return codes.astype(np.int64), pd.Index(labels, dtype=object)
 
 
+#: K⁻¹ given as (levels, Kinv) must equal its transpose to this × its largest |entry|
+KINV_SYMMETRY_TOL = 1e-10
+
+
 def _relmat_parts(rel, group: str) -> tuple:
     """(levels, Kinv csc, logdet K) from a Pedigree-like object or a (levels, Kinv) pair."""
     if hasattr(rel, "ainverse"):
@@ -258,15 +262,27 @@ def _relmat_parts(rel, group: str) -> tuple:
         return levels, Kinv, float(rel.logdet_a()), 1.0 + np.asarray(rel.inbreeding, float)
     if isinstance(rel, tuple) and len(rel) in (2, 3):
         levels = pd.Index(normalize_ids(rel[0]), dtype=object)
+        dup = levels[levels.duplicated()]
+        if len(dup):
+            raise DataError(f"relmat for {group!r}: {len(dup)} level(s) repeated in the "
+                            f"levels of K⁻¹, e.g. {list(dup[:5])}")
         Kinv = sp.csc_matrix(rel[1], dtype=float)
         if Kinv.shape != (len(levels), len(levels)):
             raise DataError(f"relmat for {group!r}: K⁻¹ is {Kinv.shape}, expected "
                             f"{len(levels)} × {len(levels)} levels")
+        asym = abs(Kinv - Kinv.T)
+        if asym.nnz and asym.max() > KINV_SYMMETRY_TOL * max(abs(Kinv).max(), 1e-300):
+            raise DataError(f"relmat for {group!r}: K⁻¹ is not symmetric (largest "
+                            f"|K⁻¹ − K⁻¹'| = {asym.max():.3g}); give both triangles")
         if len(rel) == 3:
             logdet = float(rel[2])
         else:
-            from sksparse.cholmod import cholesky
-            logdet = -float(cholesky(sp.tril(Kinv).tocsc()).logdet())
+            from sksparse.cholmod import CholmodNotPositiveDefiniteError, cholesky
+            try:
+                logdet = -float(cholesky(sp.tril(Kinv).tocsc()).logdet())
+            except CholmodNotPositiveDefiniteError as exc:
+                raise NotPositiveDefiniteError(
+                    f"relmat for {group!r}: K⁻¹ is not positive definite ({exc})") from exc
         return levels, Kinv, logdet, None
     raise DataError(f"relmat for {group!r} must be an mme.Pedigree or a (levels, Kinv) pair")
 
