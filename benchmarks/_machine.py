@@ -174,8 +174,11 @@ def r_info(rscript="Rscript"):
         'b <- tryCatch(extSoftVersion()[["BLAS"]], error=function(e) NA);'
         'cat("BLAS=", b, "\\n", sep="");'
     )
-    out = _run([rscript, "--vanilla", "-e", code])
-    if out is None:
+    from _rscript import RscriptError, run_rscript
+
+    try:
+        out = run_rscript(expr=code, timeout=60, parse="text", rscript=rscript).values.strip()
+    except RscriptError:
         return None
     info = {}
     for line in out.splitlines():
@@ -194,11 +197,19 @@ def mme_version():
             info["version"] = mod.__version__
     except Exception as exc:
         info["import_error"] = repr(exc)
+    # the revision of the mme actually imported when it lives in a git checkout (e.g. a
+    # worktree on PYTHONPATH); otherwise that of the repository holding these scripts
     here = os.path.dirname(os.path.abspath(__file__))
-    rev = _run(["git", "-C", here, "rev-parse", "--short", "HEAD"])
-    if rev:
-        dirty = _run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"])
-        info["git"] = rev + ("+dirty" if dirty else "")
+    mod_dir = os.path.dirname(info.get("module_file") or "")
+    # (the module file must be tracked there: site-packages can sit inside e.g. pyenv's own git)
+    tracked = mod_dir and _run(["git", "-C", mod_dir, "ls-files", "--error-unmatch", "__init__.py"])
+    for where, src in ((mod_dir if tracked else None, "imported module"), (here, "benchmarks folder")):
+        rev = _run(["git", "-C", where, "rev-parse", "--short", "HEAD"]) if where else None
+        if rev:
+            dirty = _run(["git", "-C", where, "status", "--porcelain", "--untracked-files=no"])
+            info["git"] = rev + ("+dirty" if dirty else "")
+            info["git_of"] = src
+            break
     return info
 
 
@@ -245,7 +256,8 @@ def machine_markdown(info):
         f"scikit-sparse {pk['scikit-sparse']}; formulaic {pk['formulaic']}; statsmodels {pk['statsmodels']}"
     )
     m = info["mme"]
-    lines.append(f"- mme {m.get('version')} (git {m.get('git', '?')})")
+    lines.append(f"- mme {m.get('version')} (git {m.get('git', '?')}"
+                 + (f", of the {m['git_of']}" if m.get("git_of") else "") + ")")
     r = info.get("r")
     if r:
         lines.append(f"- {r.get('R')}; lme4 {r.get('lme4')}; Matrix {r.get('Matrix')}")

@@ -36,7 +36,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -49,6 +48,7 @@ WORK = os.path.join(HERE, "work")
 sys.path.insert(0, HERE)
 
 from _machine import machine_info, machine_markdown  # noqa: E402
+from _rscript import RscriptError, rscript_command, run_rscript  # noqa: E402
 
 FORMULA = "y ~ service + (1|s) + (1|d) + (1|dept)"
 TRUE = {"s": 0.10, "d": 0.26, "dept": 0.01, "Residual": 1.40,
@@ -191,27 +191,18 @@ def _dense_trailing_block(L):
 # --------------------------------------------------------------------------- lme4
 def run_lme4(csv, repeats, timeout):
     out = os.path.join(WORK, "lme4_crossed_out.txt")
-    if os.path.exists(out):
-        os.remove(out)
-    cmd = ["Rscript", "--vanilla", os.path.join(HERE, "lme4_crossed.R"), csv, out, str(repeats)]
-    res = {"tool": "lme4", "cmd": " ".join(cmd)}
-    t0 = time.perf_counter()
+    script, script_args = "lme4_crossed.R", [csv, out, str(repeats)]
+    res = {"tool": "lme4", "cmd": " ".join(rscript_command(script, script_args))}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        res["error"] = repr(exc)
-        print(f"[lme4] failed: {exc!r}", file=sys.stderr)
+        r = run_rscript(script, script_args, timeout, out_file=out)
+    except RscriptError as exc:
+        res["error"] = str(exc)
+        if exc.process_seconds is not None and exc.kind != "timeout":
+            res["process_seconds"] = exc.process_seconds
+        print(f"[lme4] failed: {exc}", file=sys.stderr)
         return res
-    res["process_seconds"] = time.perf_counter() - t0
-    if proc.returncode != 0 or not os.path.exists(out):
-        res["error"] = f"Rscript exit {proc.returncode}\n{proc.stderr}"
-        print(f"[lme4] failed:\n{proc.stderr}", file=sys.stderr)
-        return res
-    kv = {}
-    with open(out) as fh:
-        for line in fh:
-            k, _, v = line.rstrip("\n").partition("\t")
-            kv[k] = v
+    res["process_seconds"] = r.process_seconds
+    kv = r.values
     res["times"] = [float(t) for t in kv["elapsed"].split(",")]
     res["seconds"] = min(res["times"])
     res["seconds_median"] = statistics.median(res["times"])

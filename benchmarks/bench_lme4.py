@@ -33,6 +33,7 @@ WORK = os.path.join(HERE, "work")
 sys.path.insert(0, HERE)
 
 from _machine import machine_info, machine_markdown  # noqa: E402
+from _rscript import RscriptError, rscript_command, run_rscript  # noqa: E402
 
 FORMULA = "y ~ trt + x + (1|g)"
 TRUE = {"sigma2_g": 0.5, "sigma2_e": 1.0, "Intercept": 10.0, "trtB": 0.5, "trtC": -0.3, "trtD": 1.0, "x": 0.8}
@@ -155,26 +156,18 @@ def run_mme(df, label="mme", repeats=1):
 # --------------------------------------------------------------------------- lme4
 def run_lme4(csv, repeats=1, timeout=None):
     out = os.path.join(WORK, "lme4_out.txt")
-    if os.path.exists(out):
-        os.remove(out)
-    cmd = ["Rscript", "--vanilla", os.path.join(HERE, "lme4_fit.R"), csv, out, str(repeats), FORMULA]
-    res = {"tool": "lme4", "cmd": " ".join(cmd)}
-    t0 = time.perf_counter()
+    script, script_args = "lme4_fit.R", [csv, out, str(repeats), FORMULA]
+    res = {"tool": "lme4", "cmd": " ".join(rscript_command(script, script_args))}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        res["error"] = f"timed out after {timeout} s"
+        r = run_rscript(script, script_args, timeout, out_file=out)
+    except RscriptError as exc:
+        res["error"] = str(exc)
+        if exc.process_seconds is not None and exc.kind != "timeout":
+            res["process_seconds"] = exc.process_seconds
+        print(f"[lme4] failed: {exc}", file=sys.stderr)
         return res
-    res["process_seconds"] = time.perf_counter() - t0
-    if proc.returncode != 0 or not os.path.exists(out):
-        res["error"] = f"Rscript exit {proc.returncode}\n{proc.stderr}"
-        print(f"[lme4] failed:\n{proc.stderr}", file=sys.stderr)
-        return res
-    kv = {}
-    with open(out) as fh:
-        for line in fh:
-            k, _, v = line.rstrip("\n").partition("\t")
-            kv[k] = v
+    res["process_seconds"] = r.process_seconds
+    kv = r.values
     res["times"] = [float(t) for t in kv["elapsed"].split(",")]
     res["seconds"] = min(res["times"])
     res["loglik"] = float(kv["loglik"])
