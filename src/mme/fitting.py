@@ -37,8 +37,9 @@ SINGULAR_TOL = 1e-6
 
 
 def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict | None = None,
-        relmat: dict | None = None, ordering: str = "auto", max_iter: int = 200,
-        verbose: bool = False, dense_blas_threads: int | None = 1) -> Fit:
+        relmat: dict | None = None, residual: str | None = None, weights: str | None = None,
+        ordering: str = "auto", max_iter: int = 200, verbose: bool = False,
+        dense_blas_threads: int | None = 1) -> Fit:
     """Fit a linear mixed model by REML (default) or ML.
 
     ``build_design → build_mme → estimate → assemble``; see those stages.
@@ -47,7 +48,10 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict 
     ----------
     formula : str
         lme4 syntax: ``"yield ~ K2O_lbac + (1|rep)"``; random terms ``(1|g)``,
-        ``(1|a:b)``, ``(1|a/b)``, ``(x|g)``, ``(x||g)``.
+        ``(1|a:b)``, ``(1|a/b)``, ``(x|g)``, ``(x||g)``. Several responses of wide
+        data: ``"cbind(y1, y2) ~ 0 + trait + trait:sex + (0 + trait | animal)"`` (a
+        factor ``trait`` indexes the responses; a missing response drops only that
+        trait of that row).
     data : DataFrame
         Rows with missing values in the model's columns are dropped (with a warning).
     method : "REML" or "ML"
@@ -58,6 +62,12 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict 
     relmat : dict, optional
         ``{"id": mme.Pedigree}`` or ``{"id": (levels, Kinv)}``: the covariance of
         that term's effects is σ² K instead of σ² I.
+    residual : str, optional
+        The residual covariance: ``"us(trait)"`` (unstructured across the traits of a
+        row; the default with ``cbind``), ``"diag(trait)"``, or ``"by(site)"`` (a
+        residual variance per level of a column). Default σ²ₑ I.
+    weights : str, optional
+        Column of prior weights: Var(eᵢ) = σ²ₑ / wᵢ (lme4's ``weights=``).
     ordering : str
         CHOLMOD's fill-reducing ordering ("default", "amd", "metis", "nesdis", ...);
         "auto" (the default): AMD for models with a relationship matrix, CHOLMOD's
@@ -80,7 +90,7 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict 
     if method not in METHODS:
         raise OptionError(f"method must be 'REML' or 'ML', got {method!r}")
     with dense_blas_threads_(dense_blas_threads):
-        design = build_design(formula, data, relmat)
+        design = build_design(formula, data, relmat, residual=residual, weights=weights)
         mme = build_mme(design, ordering=ordering)
         est = estimate(mme, method=method, variances=variances, max_iter=max_iter,
                        verbose=verbose)
@@ -120,7 +130,7 @@ def assemble(est: Estimate) -> Fit:
                blocks=_random_effects(est, F), loglik=est.loglik,
                n_params=p + mme.k, converged=est.converged, n_iter=est.n_iter,
                history=est.history, singular=singular, estimated=est.estimated,
-               fitted_values=mme.y - ev.resid, residual_values=ev.resid, internals=internals)
+               fitted_values=design.y - ev.resid, residual_values=ev.resid, internals=internals)
 
 
 def _random_effects(est: Estimate, F: np.ndarray) -> tuple:
@@ -161,7 +171,8 @@ def _theta_standard_errors(est: Estimate) -> tuple:
         return se, np.diag(se ** 2), "residual"
     if est.route == KNOWN:
         return (np.full(k, np.nan), np.zeros((k, k)),
-                "asymptotic (variances given)" if est.mme.structures else "residual")
+                "residual" if not est.mme.structures and est.mme.residual.is_scalar
+                else "asymptotic (variances given)")
     free = ~est.at_bound
     ai_inv = np.zeros_like(ev.AI)
     ai_inv[np.ix_(free, free)] = np.linalg.pinv(ev.AI[np.ix_(free, free)])
@@ -222,5 +233,7 @@ def _vc_table(mme: MME, theta: np.ndarray, se: np.ndarray) -> pd.DataFrame:
             rows.append((s.block.group, t1 if a == b else t2, "" if a == b else t1,
                          theta[i], se[i]))
             i += 1
-    rows.append(("Residual", "", "", theta[-1], se[-1]))
+    for t1, t2 in mme.residual.names():
+        rows.append(("Residual", t1, t2, theta[i], se[i]))
+        i += 1
     return pd.DataFrame(rows, columns=["group", "term1", "term2", "estimate", "std_error"])

@@ -126,7 +126,7 @@ class Internals:
     @property
     def has_variances(self) -> bool:
         """True when θ was estimated for a model with random terms (df need θ's covariance)."""
-        return bool(self.mme.structures) and self.estimated
+        return (bool(self.mme.structures) or not self.mme.residual.is_scalar) and self.estimated
 
     # -- lazily computed pieces ---------------------------------------------
     @cached_property
@@ -166,7 +166,7 @@ class Internals:
         """Default df of each coefficient: Satterthwaite (mixed), residual (fixed-only)."""
         mme = self.mme
         p = mme.p
-        if not mme.structures:
+        if not mme.structures and mme.residual.is_scalar:
             out = np.full(p, float(mme.n - p))
         elif not self.estimated:
             out = np.full(p, np.inf)

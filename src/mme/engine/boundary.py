@@ -112,7 +112,8 @@ class RelativeFactorForm:
 
     def lam_of(self, theta: np.ndarray) -> np.ndarray:
         """λ from a positive-definite θ (G₀ per block, σ²ₑ): Λ_b = chol(G₀_b / σ²ₑ)."""
-        G0s, s2e = self.model.split(theta)
+        G0s, R0 = self.model.split(theta)
+        s2e = float(R0[0, 0])
         out = []
         for tri, G0 in zip(self.tri, G0s):
             Lam = np.linalg.cholesky(G0 / s2e)
@@ -149,7 +150,8 @@ class RelativeFactorForm:
 
     def _m2ll(self, logdet: float, pwrss: float, s2e: float) -> float:
         m = self.n if self.ml else self.n - self.p
-        out = logdet + self.logdet_K + m * np.log(2.0 * np.pi * s2e) + pwrss / s2e
+        out = (logdet + self.logdet_K + m * np.log(2.0 * np.pi * s2e) + pwrss / s2e
+               - self.model.mme.residual.logdet_weights)
         if self.ml and self.p:
             out += np.linalg.slogdet(self._cinv_xx())[1]
         return float(out)

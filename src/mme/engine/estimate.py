@@ -113,11 +113,11 @@ def estimate(mme: MME, method: str = "REML", variances: dict | None = None,
     """
     likelihood = Likelihood(mme, method)
     if variances is not None:
-        G0s, s2e = parse_variances(mme.design.blocks, variances)
-        theta = mme.theta_of(G0s, s2e)
+        G0s, R0 = parse_variances(mme.design.blocks, variances, mme.residual)
+        theta = mme.theta_of(G0s, R0)
         return Estimate(likelihood, theta, likelihood.evaluate(theta), KNOWN,
                         at_bound=np.zeros(mme.k, bool))
-    if not mme.structures:
+    if not mme.structures and mme.residual.is_scalar:
         theta = least_squares_variance(likelihood)
         return Estimate(likelihood, theta, likelihood.evaluate(theta), LEAST_SQUARES,
                         at_bound=np.zeros(1, bool))
@@ -127,7 +127,7 @@ def estimate(mme: MME, method: str = "REML", variances: dict | None = None,
 def least_squares_variance(likelihood: Likelihood) -> np.ndarray:
     """θ = [σ²ₑ] of a model without random terms: RSS/(n − p) (REML) or RSS/n (ML)."""
     mme = likelihood.mme
-    X, y = mme.design.X, mme.y
+    X, y = mme.W, mme.y
     p = X.shape[1]
     r = ols_residuals(X, y)
     denom = len(y) - (p if likelihood.method == "REML" else 0)
@@ -143,12 +143,15 @@ def _ai_reml(likelihood: Likelihood, max_iter: int, verbose: bool) -> Estimate:
     # non-convergence warning until the Λ form has had its say
     with warnings.catch_warnings(record=True) as held:
         warnings.simplefilter("always", ConvergenceWarning)
+        # the Λ form profiles σ²ₑ: it takes over only with a scalar residual
+        hand_over = ((lambda t: heads_to_boundary(likelihood, t))
+                     if likelihood.residual.is_scalar else None)
         result = fit_variances(likelihood, max_iter=max_iter, verbose=verbose,
-                               hand_over=lambda t: heads_to_boundary(likelihood, t))
+                               hand_over=hand_over)
     ai = Estimate(likelihood, result.theta, result.evaluation, AI_REML,
                   converged=result.converged, n_iter=result.n_iter,
                   history=tuple(result.history), at_bound=result.at_bound)
-    if heads_to_boundary(likelihood, ai.theta):
+    if hand_over is not None and heads_to_boundary(likelihood, ai.theta):
         t0 = time.perf_counter()
         boundary = fit_on_boundary(likelihood, ai.theta)
         if boundary.m2ll < ai.evaluation.m2ll:
@@ -189,7 +192,7 @@ def interior(likelihood: Likelihood, theta: np.ndarray) -> tuple:
     a variance at zero to 1e-10 × max|θ| (``fit_variances``' bound, flagged at_bound).
     """
     out, at_bound = [], []
-    G0s, s2e = likelihood.split(theta)
+    G0s, R0 = likelihood.split(theta)
     lb = 1e-10 * np.abs(theta).max()
     for s, G in zip(likelihood.mme.structures, G0s):
         if s.d == 1:
@@ -200,5 +203,6 @@ def interior(likelihood: Likelihood, theta: np.ndarray) -> tuple:
         w = np.maximum(w, BOUNDARY_FLOOR * max(w[-1], lb))
         out.append(s.theta_of((V * w) @ V.T))
         at_bound.append(np.zeros(s.n_params, bool))
-    return (np.concatenate(out + [np.array([s2e])]),
-            np.concatenate([np.asarray(a, bool) for a in at_bound] + [np.array([False])]))
+    return (np.concatenate(out + [likelihood.residual.theta_of(R0)]),
+            np.concatenate([np.asarray(a, bool) for a in at_bound]
+                           + [np.zeros(likelihood.residual.n_params, bool)]))

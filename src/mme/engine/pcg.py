@@ -389,13 +389,17 @@ def solve_pcg(fit_or_design, variances: dict | None = None, tol: float = 1e-8,
         fit = fit_or_design
         design = fit.internals.design
         if variances is None:
-            G0s, s2e = fit.internals.mme.split(fit.internals.theta)
+            G0s, R0 = fit.internals.mme.split(fit.internals.theta)
             variances = {b.group: G for b, G in zip(design.blocks, G0s)}
-            variances["Residual"] = s2e
+            variances["Residual"] = R0
     else:
         raise OptionError("solve_pcg needs an mme.Fit or an mme.model.design.Design; "
                         "use blup_pcg(formula, data, variances, relmat) from a formula")
-    G0s, s2e = parse_variances(design.blocks, variances)
+    if not design.residual.is_scalar or design.residual.weights is not None:
+        raise DataError("PCG solves R = σ²ₑI only; this model has a structured residual or "
+                        "weights: use mme.fit(..., variances=...) (direct solve)")
+    G0s, R0 = parse_variances(design.blocks, variances, design.residual)
+    s2e = float(R0[0, 0])
     op = MMEOperator(design, G0s, s2e, operator=operator,
                      threads=available_cores() if threads is None else threads)
     try:

@@ -48,6 +48,10 @@ class Evaluation:
     AI: np.ndarray = None
     F: np.ndarray = None  # C⁻¹[:, :p]
     cuu_diag: np.ndarray = None  # diag(Cᵘᵘ), when the traces were computed
+    resid_w: np.ndarray = None   # ẽ = ỹ − W̃ŝ (weighted scale; ``resid`` is y − Wŝ)
+    Rinvs: list = None           # R₀[o, o]⁻¹ per residual pattern
+    T_cells: np.ndarray = None   # ⟨C⁻¹, B_cell⟩ per residual cell (structured R)
+    tr_CGinv: float = 0.0
 
     @property
     def loglik(self) -> float:
@@ -108,28 +112,34 @@ class Likelihood:
         self.q = mme.dim - mme.p
 
     def split(self, theta: np.ndarray) -> tuple:
-        """(list of G₀ per block, σ²ₑ) from θ (``MME.split``)."""
+        """(list of G₀ per block, R₀) from θ (``MME.split``)."""
         return self.mme.split(theta)
 
+    @property
+    def residual(self):
+        return self.mme.residual
+
     def variance_index(self) -> np.ndarray:
-        """Mask of θ entries that are variances (diagonal of G₀, and σ²ₑ)."""
+        """Mask of θ entries that are variances (diagonals of each G₀ and of R₀)."""
         out = []
         for s in self.mme.structures:
             out += [a == b for a, b in s.pairs]
-        return np.array(out + [True])
+        return np.concatenate([np.array(out, bool), self.residual.variance_mask()])
 
     def log_scale_index(self) -> np.ndarray:
-        """Mask of θ entries stepped on the log scale: σ²ₑ and the variance of each
-        scalar (d = 1) G₀. Elements of a d ≥ 2 G₀ stay on the linear scale, where
-        positive definiteness is checked as a whole."""
+        """Mask of θ entries stepped on the log scale: the variance of each scalar
+        (d = 1) G₀ and of a scalar or diagonal R₀. Elements of a d ≥ 2 G₀ or of an
+        unstructured R₀ stay on the linear scale, where positive definiteness is
+        checked as a whole."""
         out = []
         for s in self.mme.structures:
             out += [s.d == 1] * s.n_params
-        return np.array(out + [True])
+        return np.concatenate([np.array(out, bool), self.residual.log_scale_mask()])
 
     def feasible(self, theta: np.ndarray) -> bool:
-        G0s, s2e = self.split(theta)
-        return s2e > 0 and all(is_positive_definite(G, 1e-12) for G in G0s)
+        G0s, R0 = self.split(theta)
+        return (is_positive_definite(R0, 1e-12) and np.all(np.diag(R0) > 0)
+                and all(is_positive_definite(G, 1e-12) for G in G0s))
 
     # ---------------------------------------------------------------------
     def evaluate(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
@@ -137,16 +147,18 @@ class Likelihood:
 
         Leaves the factor at θ (``MME.ensure``).
         """
-        mme, ml = self.mme, self.method == "ML"
-        G0s, s2e = self.split(theta)
+        mme, ml, res = self.mme, self.method == "ML", self.residual
+        G0s, R0 = self.split(theta)
         mme.ensure(theta)
         n, p = mme.n, mme.p
-        rhs = mme.rhs(s2e)
+        Rinvs = res.pattern_inverses(R0)
+        r = res.rinv_cells(Rinvs)
+        rhs = mme.rhs(r)
         sol = mme.solve(rhs)
-        resid = mme.y - mme.W @ sol
-        yPy = (mme.yty - sol @ mme.Wty) / s2e
+        resid_w = mme.y - mme.W @ sol
+        yPy = mme.yRy(r) - sol @ rhs
         logdet_G = sum(s.logdet_G(G) for s, G in zip(mme.structures, G0s))
-        m2ll = n * np.log(s2e) + logdet_G + mme.logdet() + yPy
+        m2ll = res.logdet(R0) + logdet_G + mme.logdet() + yPy
         F = None
         if ml and p > 0:
             F = mme.fixed_columns()
@@ -154,28 +166,44 @@ class Likelihood:
             m2ll += n * LOG2PI + np.linalg.slogdet(Cxx)[1]
         else:
             m2ll += (n - p) * LOG2PI
+        sw = res.sqrt_weights
         ev = Evaluation(theta=np.array(theta, float), m2ll=float(m2ll), solution=sol,
-                        resid=resid, S=[], Q=[], F=F)
-        if not derivatives or not mme.structures:
-            if not mme.structures:
-                ev.score, ev.AI = self._residual_only(ev, s2e)
+                        resid=resid_w if sw is None else resid_w / sw, S=[], Q=[], F=F,
+                        resid_w=resid_w, Rinvs=Rinvs)
+        if not derivatives:
             return ev
-        self._traces(ev, G0s, s2e)
-        ev.score, ev.AI = self._score_ai(ev, G0s, s2e)
+        if not mme.structures and res.is_scalar:
+            ev.score, ev.AI = self._residual_only(ev, float(R0[0, 0]))
+            return ev
+        self._traces(ev, G0s)
+        ev.score, ev.AI = self._score_ai(ev, G0s, R0)
         return ev
 
-    def _traces(self, ev: Evaluation, G0s: list, s2e: float) -> None:
-        mme = self.mme
-        rows = np.concatenate([s.rows for s in mme.structures])
-        cols = np.concatenate([s.cols for s in mme.structures])
-        diag = np.arange(mme.p, mme.dim, dtype=np.int64)
-        # the diagonal of Cᵘᵘ (PEVs) comes from the same selected inverse
-        both = mme.selected_inverse(np.concatenate([rows, diag]), np.concatenate([cols, diag]))
+    def _traces(self, ev: Evaluation, G0s: list) -> None:
+        """S per block from C⁻¹ at the G⁻¹ slots, diag Cᵘᵘ (PEV) and, for a structured
+        R, ⟨C⁻¹, B_cell⟩ per residual cell — one selected inverse."""
+        mme, ml = self.mme, self.method == "ML" and self.mme.p > 0
+        p = mme.p
+        rows = np.concatenate([s.rows for s in mme.structures] + [np.zeros(0, np.int64)])
+        cols = np.concatenate([s.cols for s in mme.structures] + [np.zeros(0, np.int64)])
+        diag = np.arange(p, mme.dim, dtype=np.int64)
+        req_r, req_c = np.concatenate([rows, diag]), np.concatenate([cols, diag])
+        if self.residual.is_scalar:
+            both = mme.selected_inverse(req_r, req_c)
+        else:
+            on_C, both = mme.cinv_on_pattern(req_r, req_c)
+            if ml:
+                # ML: T⁻¹ = (Z'R⁻¹Z + G⁻¹)⁻¹ = Cᵘᵘ − Fᵤ(Cˣˣ)⁻¹Fᵤ' on the uu block, nothing else
+                pr, pc = mme.pattern_rows, mme.pattern_cols
+                uu = (pr >= p) & (pc >= p)
+                Cxx_inv = np.linalg.inv(ev.F[:p])
+                on_C = np.where(uu, on_C - np.einsum("ij,jk,ik->i", ev.F[pr], Cxx_inv,
+                                                     ev.F[pc]), 0.0)
+            ev.T_cells = mme.B_trace.T @ on_C
         cinv, ev.cuu_diag = both[:rows.shape[0]], both[rows.shape[0]:]
-        if self.method == "ML" and mme.p > 0:
-            F = ev.F
-            Cxx_inv = np.linalg.inv(F[:mme.p])
-            cinv = cinv - np.einsum("ij,jk,ik->i", F[rows], Cxx_inv, F[cols])
+        if ml:
+            Cxx_inv = np.linalg.inv(ev.F[:p])
+            cinv = cinv - np.einsum("ij,jk,ik->i", ev.F[rows], Cxx_inv, ev.F[cols])
         i = 0
         for s in mme.structures:
             m = s.rows.shape[0]
@@ -183,8 +211,8 @@ class Likelihood:
             ev.Q.append(s.Q(ev.solution[s.offset:s.offset + s.block.q]))
             i += m
 
-    def _score_ai(self, ev: Evaluation, G0s: list, s2e: float) -> tuple:
-        mme, ml = self.mme, self.method == "ML"
+    def _score_ai(self, ev: Evaluation, G0s: list, R0: np.ndarray) -> tuple:
+        mme, ml, res = self.mme, self.method == "ML", self.residual
         n, p = mme.n, (0 if ml else mme.p)
         score, wv = [], []
         tr_CGinv = 0.0
@@ -195,19 +223,31 @@ class Likelihood:
                 E = s.E(i)
                 M = G0inv @ E @ G0inv
                 score.append(-0.5 * (s.L * np.trace(G0inv @ E) - np.sum(M * (S + Q))))
-            u = ev.solution[s.offset:s.offset + s.block.q]
-            wv += s.working_variates(u, G0inv)
-        ee = float(ev.resid @ ev.resid)
-        score.append(-0.5 * ((n - p - self.q + tr_CGinv) / s2e - ee / s2e ** 2))
-        wv.append(ev.resid / s2e)
+            U = s.U(ev.solution[s.offset:s.offset + s.block.q])
+            Zs = mme.block_Z(s)
+            wv += [Zs @ (s.E(i) @ G0inv @ U).ravel() for i in range(s.n_params)]
         ev.tr_CGinv = tr_CGinv
-        return np.array(score), self._ai(np.column_stack(wv), s2e, ev)
+        e = ev.resid_w
+        if res.is_scalar:
+            s2e = float(R0[0, 0])
+            score.append(-0.5 * ((n - p - self.q + tr_CGinv) / s2e - float(e @ e) / s2e ** 2))
+            wv.append(e / s2e)
+        else:
+            Re = res.apply_rinv(ev.Rinvs, e)
+            for i in range(res.n_params):
+                Ms = res.derivative_mats(ev.Rinvs, i)
+                tr_P = res.trace_rinv_dr(ev.Rinvs, i) - float(res.cell_weights(Ms) @ ev.T_cells)
+                score.append(-0.5 * (tr_P - res.unit_quadratic(e, Ms)))
+                wv.append(res.apply_dr(i, Re))
+        return np.array(score), self._ai(np.column_stack(wv), ev)
 
-    def _ai(self, Wv: np.ndarray, s2e: float, ev: Evaluation) -> np.ndarray:
+    def _ai(self, Wv: np.ndarray, ev: Evaluation) -> np.ndarray:
+        """AI = ½ Wv'PWv, P w = R⁻¹w − R⁻¹W̃C⁻¹W̃'R⁻¹w (+ the ML term)."""
         mme = self.mme
-        B = (mme.W.T @ Wv) / s2e
+        RWv = self.residual.apply_rinv(ev.Rinvs, Wv)
+        B = mme.W.T @ RWv
         sol = mme.solve(B)
-        AI = 0.5 * ((Wv.T @ Wv) / s2e - B.T @ sol)
+        AI = 0.5 * (Wv.T @ RWv - B.T @ sol)
         if self.method == "ML" and mme.p > 0:
             bw = sol[:mme.p]
             AI += 0.5 * bw.T @ np.linalg.solve(ev.F[:mme.p], bw)
@@ -216,23 +256,44 @@ class Likelihood:
     def _residual_only(self, ev: Evaluation, s2e: float) -> tuple:
         n = self.mme.n
         p = 0 if self.method == "ML" else self.mme.p
-        ee = float(ev.resid @ ev.resid)
+        ee = float(ev.resid_w @ ev.resid_w)
         score = np.array([-0.5 * ((n - p) / s2e - ee / s2e ** 2)])
         AI = np.array([[0.5 * ee / s2e ** 3]])
         ev.tr_CGinv = 0.0
         return score, AI
 
     def em_step(self, ev: Evaluation) -> np.ndarray:
-        """One EM-REML (or EM-ML) update: G₀ ← (Q + S)/L; σ²ₑ ← E[e'e | y]/n."""
-        mme = self.mme
-        G0s, s2e = self.split(ev.theta)
+        """One EM-REML (or EM-ML) update: G₀ ← (Q + S)/L; σ²ₑ ← E[e'e | y]/n (per
+        level of a diagonal R₀: (ẽ_c'ẽ_c + ⟨C⁻¹, W̃_c'W̃_c⟩)/n_c). For an unstructured
+        R₀ the update of each element uses the units that observe both levels (with
+        missing levels an approximation, kept positive definite): a fallback only."""
+        mme, res = self.mme, self.residual
+        G0s, R0 = self.split(ev.theta)
         out = []
         for s, S, Q in zip(mme.structures, ev.S, ev.Q):
             out.append(s.theta_of((Q + S) / s.L))
-        p = 0 if self.method == "ML" else mme.p
-        ee = float(ev.resid @ ev.resid)
-        s2e_new = (ee + s2e * (p + self.q - ev.tr_CGinv)) / mme.n
-        return np.concatenate(out + [np.array([s2e_new])])
+        e = ev.resid_w
+        if res.is_scalar:
+            p = 0 if self.method == "ML" else mme.p
+            s2e = float(R0[0, 0])
+            R_new = np.array([[(float(e @ e) + s2e * (p + self.q - ev.tr_CGinv)) / mme.n]])
+        else:
+            num, cnt = np.zeros((res.t, res.t)), np.zeros((res.t, res.t))
+            for (pi, j, k), T in zip(res.cells, ev.T_cells):
+                pat = res.patterns[pi]
+                a, b = pat.levels[j], pat.levels[k]
+                ee = float(e[pat.rows[:, j]] @ e[pat.rows[:, k]])
+                val = ee + (T if j == k else 0.5 * T)
+                num[a, b] += val
+                cnt[a, b] += pat.n_units
+                if a != b:
+                    num[b, a] += val
+                    cnt[b, a] += pat.n_units
+            R_new = np.where(cnt > 0, num / np.maximum(cnt, 1), 0.0)
+            if res.kind == "us":
+                w, V = np.linalg.eigh(R_new)
+                R_new = (V * np.maximum(w, 1e-6 * w[-1])) @ V.T
+        return np.concatenate(out + [res.theta_of(R_new)])
 
 
 #: consecutive failed AI steps (EM fallbacks) before ``fit_variances`` hands over
@@ -348,16 +409,19 @@ def starting_values(model: Likelihood) -> np.ndarray:
     iteration 3 steps instead of 5–6 from the optimum (benchmarks/results_crossed.md).
     """
     mme = model.mme
-    X, y = mme.design.X, mme.y
+    X, y = mme.W[:, :mme.p], mme.y
     r = ols_residuals(X, y)
     v = max(float(r @ r) / max(len(y) - X.shape[1], 1), 1e-8 * max(float(y @ y) / len(y), 1e-300))
+    if not model.residual.is_scalar:
+        return _structured_starts(model, r, v)
     nb = len(mme.structures)
     theta, explained = [], 0.0
     for s in mme.structures:
+        Z = mme.block_Z(s)
         Zcol_ms = np.array([
-            float(np.mean(np.asarray(s.block.Z[:, a * s.L:(a + 1) * s.L].sum(axis=1)).ravel() ** 2))
+            float(np.mean(np.asarray(Z[:, a * s.L:(a + 1) * s.L].sum(axis=1)).ravel() ** 2))
             for a in range(s.d)])
-        g = _moment_variance(s.block.Z, r) if s.d == 1 and s.block.k_is_identity else None
+        g = _moment_variance(Z, r) if s.d == 1 and s.block.k_is_identity else None
         if g is not None:
             G0 = np.array([[max(g, 0.01 * v / max(Zcol_ms[0], 1e-12))]])
         else:
@@ -365,6 +429,44 @@ def starting_values(model: Likelihood) -> np.ndarray:
         explained += float(np.diag(G0) @ Zcol_ms)
         theta.append(s.theta_of(G0))
     return np.concatenate(theta + [np.array([max(v - explained, 0.1 * v)])])
+
+
+def _structured_starts(model: Likelihood, r: np.ndarray, v: float) -> np.ndarray:
+    """Starts for a structured R₀ (levels with their own scale: traits, sites).
+
+    Each level c starts from the OLS residual variance of its rows, vᶜ; a random
+    term's column a takes half of the residual variance of the rows it touches,
+    shared among the blocks and scaled by its mean squared row sum (as for σ²ₑI);
+    R₀[c, c] is what is left of vᶜ (≥ 10%), off-diagonal elements 0.
+    """
+    mme, res = model.mme, model.residual
+    n, p = mme.n, mme.p
+    scale = n / max(n - p, 1)
+    floor = 1e-8 * v
+    nb = len(mme.structures)
+    explained = np.zeros(n)
+    theta = []
+    for s in mme.structures:
+        Z = mme.block_Z(s)
+        g = _moment_variance(Z, r) if s.d == 1 and s.block.k_is_identity else None
+        diag = []
+        sums = []
+        for a in range(s.d):
+            rs = np.asarray(Z[:, a * s.L:(a + 1) * s.L].sum(axis=1)).ravel()
+            on = rs != 0
+            ms = float(np.mean(rs[on] ** 2)) if on.any() else 1.0
+            va = max(float(np.mean(r[on] ** 2)) * scale, floor) if on.any() else v
+            diag.append(max(g, 0.01 * va / ms) if g is not None else 0.5 * va / nb / ms)
+            sums.append(rs)
+        G0 = np.diag(diag)
+        for a in range(s.d):
+            explained += G0[a, a] * sums[a] ** 2
+        theta.append(s.theta_of(G0))
+    R0 = np.zeros((res.t, res.t))
+    for c, rows in enumerate(res.level_rows()):
+        vc = max(float(np.mean(r[rows] ** 2)) * scale, floor)
+        R0[c, c] = max(vc - float(np.mean(explained[rows])), 0.1 * vc)
+    return np.concatenate(theta + [res.theta_of(R0)])
 
 
 def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter: int = 200,

@@ -98,31 +98,34 @@ class MME:
 
     Attributes
     ----------
-    W : csc (n × dim)      [X Z]
+    W : csc (n × dim)      W̃ = W^{1/2}[X Z] (W: prior weights; [X Z] without them)
+    y : (n,)               ỹ = W^{1/2} y
     C : csc (dim × dim)    lower triangle of C, values for the last θ set
     structures : list of BlockStructure
+    residual : ResidualStructure (``model.residual``)
     sizes : list of int    number of θ entries of each block
-    k : int                len(θ) (block parameters, then σ²ₑ)
+    k : int                len(θ) (block parameters, then R₀'s)
     theta : ndarray or None  the θ whose values C and the factor hold
     factor : sksparse.cholmod.Factor, analyzed once (``n_analyze`` counts it)
     """
 
     def __init__(self, design: Design, ordering: str = "auto"):
         self.design = design
-        X = design.X
-        self.W = design.W
+        self.residual = design.residual
+        sw = self.residual.sqrt_weights
+        # prior weights folded into the data: W̃ = W^{1/2}[X Z], ỹ = W^{1/2}y
+        self.W = design.W if sw is None else sp.csc_matrix(sp.diags(sw) @ design.W)
+        self.y = design.y if sw is None else design.y * sw
         self.n, self.dim = self.W.shape
-        self.p = X.shape[1]
-        self.y = design.y
-        self.Wty = self.W.T @ self.y
-        self.yty = float(self.y @ self.y)
+        self.p = design.p
         offset = self.p
         self.structures = []
         for b in design.blocks:
             self.structures.append(BlockStructure(b, offset))
             offset += b.q
         self.sizes = [s.n_params for s in self.structures]
-        self.k = sum(self.sizes) + 1
+        self.n_r = self.residual.n_params
+        self.k = sum(self.sizes) + self.n_r
         self._build_pattern()
         self.ordering = choose_ordering(ordering, self.structures)
         self.factor = None
@@ -132,21 +135,69 @@ class MME:
         self.n_factorize = 0
         self._supernodes = None
 
+    def block_Z(self, s: BlockStructure):
+        """Z̃ of one random block (weighted rows when there are prior weights)."""
+        if self.residual.weights is None:
+            return s.block.Z
+        return self.W[:, s.offset:s.offset + s.block.q]
+
+    def _cells(self) -> list:
+        """Lower-triangle COO of each residual cell's W̃ₚₐ'W̃ₚ_b (+ transpose), and
+        the cell's W̃'ỹ and ỹ'ỹ pieces (``model.residual``)."""
+        res, W, y = self.residual, self.W, self.y
+        if res.is_scalar:
+            WtW = sp.tril(W.T @ W).tocoo()
+            return [(WtW, W.T @ y, float(y @ y))]
+        Wr = W.tocsr()
+        out = []
+        for pi, j, k in res.cells:
+            rows = res.patterns[pi].rows
+            ra, rb = rows[:, j], rows[:, k]
+            Wa, Wb = Wr[ra], Wr[rb]
+            M = (Wa.T @ Wb).tocsc()
+            if j != k:
+                M = M + M.T
+                Wty = Wa.T @ y[rb] + Wb.T @ y[ra]
+                yty = 2.0 * float(y[ra] @ y[rb])
+            else:
+                Wty = Wa.T @ y[ra]
+                yty = float(y[ra] @ y[ra])
+            out.append((sp.tril(M).tocoo(), np.asarray(Wty).ravel(), yty))
+        return out
+
     def _build_pattern(self):
-        WtW = sp.tril(self.W.T @ self.W).tocoo()
+        cells = self._cells()
         g_rows = [s.rows for s in self.structures]
         g_cols = [s.cols for s in self.structures]
         diag = np.arange(self.dim, dtype=np.int64)
-        rows = np.concatenate([WtW.row.astype(np.int64), diag] + g_rows)
-        cols = np.concatenate([WtW.col.astype(np.int64), diag] + g_cols)
-        vals = np.concatenate([WtW.data, np.zeros(self.dim)]
-                              + [np.zeros(r.shape[0]) for r in g_rows])
+        rows = np.concatenate([c[0].row.astype(np.int64) for c in cells] + [diag] + g_rows)
+        cols = np.concatenate([c[0].col.astype(np.int64) for c in cells] + [diag] + g_cols)
         # coo → csc sums duplicates and keeps the explicit zeros: the pattern is the union.
-        C = sp.csc_matrix((vals, (rows, cols)), shape=(self.dim, self.dim))
+        C = sp.csc_matrix((np.zeros(rows.shape[0]), (rows, cols)), shape=(self.dim, self.dim))
         C.sum_duplicates()
         C.sort_indices()
         self.C = C
-        self.base = C.data.copy()   # W'W on the union pattern
+        # C.data = B·r(θ) + G⁻¹ slots, one column of B per residual cell; for σ²ₑI the
+        # one column is kept dense as ``base`` (W̃'W̃ on C's pattern)
+        slots = [csc_slots(C, M.row.astype(np.int64), M.col.astype(np.int64))
+                 for M, _, _ in cells]
+        self.Wty_cells = np.column_stack([c[1] for c in cells])
+        self.yty_cells = np.array([c[2] for c in cells])
+        if self.residual.is_scalar:
+            self.base = np.zeros(C.nnz)
+            self.base[slots[0]] = cells[0][0].data
+            self.Wty = self.Wty_cells[:, 0]
+            self.yty = float(self.yty_cells[0])
+            self.B = self.B_trace = None
+        else:
+            self.B = sp.csc_matrix((np.concatenate([c[0].data for c in cells]),
+                                    (np.concatenate(slots),
+                                     np.concatenate([np.full(sl.shape[0], i, dtype=np.int64)
+                                                     for i, sl in enumerate(slots)]))),
+                                   shape=(C.nnz, len(cells)))
+            # ⟨C⁻¹, B_cell⟩ over the full symmetric matrix: off-diagonal slots count twice
+            twice = np.where(C.indices != self.pattern_cols, 2.0, 1.0)
+            self.B_trace = sp.csc_matrix(sp.diags(twice) @ self.B)
         self.gslots = []
         for s in self.structures:
             pos = csc_slots(C, s.rows, s.cols)
@@ -157,17 +208,23 @@ class MME:
 
     # -- parameters ----------------------------------------------------------
     def split(self, theta: np.ndarray) -> tuple:
-        """(list of G₀ per block, σ²ₑ) from θ."""
+        """(list of G₀ per block, R₀) from θ; R₀ is t × t (1 × 1: σ²ₑ)."""
         G0s, i = [], 0
         for s, m in zip(self.structures, self.sizes):
             G0s.append(s.G0(theta[i:i + m]))
             i += m
-        return G0s, float(theta[-1])
+        return G0s, self.residual.R0(theta[i:])
 
-    def theta_of(self, G0s: list, sigma2_e: float) -> np.ndarray:
-        """θ from G₀ per block and σ²ₑ (the inverse of ``split``)."""
+    def sigma2(self, theta: np.ndarray) -> float:
+        """σ²ₑ of a scalar residual (θ's last entry)."""
+        if not self.residual.is_scalar:
+            raise InternalError("σ²ₑ asked of a structured residual")
+        return float(theta[-1])
+
+    def theta_of(self, G0s: list, R0) -> np.ndarray:
+        """θ from G₀ per block and R₀ (a t × t matrix, or σ²ₑ; the inverse of ``split``)."""
         return np.concatenate([s.theta_of(G) for s, G in zip(self.structures, G0s)]
-                              + [np.array([float(sigma2_e)])])
+                              + [self.residual.theta_of(np.atleast_2d(np.asarray(R0, float)))])
 
     # -- values and factor state ---------------------------------------------
     def ensure(self, theta: np.ndarray) -> None:
@@ -184,8 +241,8 @@ class MME:
         theta = np.asarray(theta, dtype=float)
         if self.theta is not None and np.array_equal(self.theta, theta):
             return
-        G0s, s2e = self.split(theta)
-        self.set_values(G0s, s2e)
+        G0s, R0 = self.split(theta)
+        self.set_values(G0s, R0)
         self._factorize()
         self.theta = theta.copy()
 
@@ -196,12 +253,17 @@ class MME:
         self._supernodes = None
         self.released = True
 
-    def set_values(self, G0s: list, sigma2_e: float) -> None:
-        """Rewrite C.data in place for G₀ of each block and σ²ₑ (no factorization:
-        the factor no longer matches C, so ``theta`` becomes None until ``ensure``)."""
+    def set_values(self, G0s: list, R0) -> None:
+        """Rewrite C.data in place for G₀ of each block and R₀ (or σ²ₑ) (no
+        factorization: the factor no longer matches C, so ``theta`` is None until
+        ``ensure``)."""
         self.theta = None
         data = self.C.data
-        np.multiply(self.base, 1.0 / sigma2_e, out=data)
+        R0 = np.atleast_2d(np.asarray(R0, dtype=float))
+        if self.residual.is_scalar:
+            np.multiply(self.base, 1.0 / R0[0, 0], out=data)
+        else:
+            data[:] = self.B @ self.residual.rinv_cells(self.residual.pattern_inverses(R0))
         for s, slots, G0 in zip(self.structures, self.gslots, G0s):
             data[slots] += s.ginv_values(np.linalg.inv(G0))
 
@@ -222,8 +284,13 @@ class MME:
                 "the mixed-model equations are numerically not positive definite "
                 "(a G₀ at the edge of the positive-definite cone)")
 
-    def rhs(self, sigma2_e: float) -> np.ndarray:
-        return self.Wty / sigma2_e
+    def rhs(self, rinv_cells: np.ndarray) -> np.ndarray:
+        """W̃'R̃⁻¹ỹ for the cells' R⁻¹ entries (``ResidualStructure.rinv_cells``)."""
+        return self.Wty_cells @ rinv_cells
+
+    def yRy(self, rinv_cells: np.ndarray) -> float:
+        """ỹ'R̃⁻¹ỹ."""
+        return float(self.yty_cells @ rinv_cells)
 
     def solve(self, b: np.ndarray) -> np.ndarray:
         return self.factor.solve_A(b)
@@ -238,6 +305,25 @@ class MME:
         return self.solve(E)
 
     # -- selected inverse --------------------------------------------------
+    @property
+    def pattern_rows(self) -> np.ndarray:
+        """Row of each slot of C.data."""
+        return self.C.indices.astype(np.int64)
+
+    @property
+    def pattern_cols(self) -> np.ndarray:
+        """Column of each slot of C.data."""
+        return np.repeat(np.arange(self.dim, dtype=np.int64), np.diff(self.C.indptr))
+
+    def cinv_on_pattern(self, extra_rows=None, extra_cols=None) -> tuple:
+        """C⁻¹ at every slot of C.data (and at extra (rows, cols) on L's pattern)."""
+        rows, cols = self.pattern_rows, self.pattern_cols
+        if extra_rows is not None:
+            rows = np.concatenate([rows, extra_rows])
+            cols = np.concatenate([cols, extra_cols])
+        out = self.selected_inverse(rows, cols)
+        return out[:self.C.nnz], out[self.C.nnz:]
+
     def selected_inverse(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """(C⁻¹)[rows, cols] for entries on the pattern of C (selected inversion).
 

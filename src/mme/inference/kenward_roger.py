@@ -151,6 +151,10 @@ def check_kenward_roger(fit) -> None:
     if not fit.estimated:
         raise DfMethodError("Kenward-Roger df need estimated variances; these were given "
                             "(use df_method='asymptotic')")
+    if not fit.internals.mme.residual.is_scalar:
+        raise DfMethodError("Kenward-Roger df are implemented for R = σ²ₑI (with or without "
+                            "weights); this fit has a structured residual: use "
+                            "df_method='satterthwaite'")
 
 
 def _compute(fit, trace_method, n_probes, seed, exact_max_q) -> KenwardRoger:
@@ -159,7 +163,8 @@ def _compute(fit, trace_method, n_probes, seed, exact_max_q) -> KenwardRoger:
     mme = model.mme
     p, dim = mme.p, mme.dim
     q = dim - p
-    G0s, s2e = model.split(theta)
+    G0s, R0 = model.split(theta)
+    s2e = float(R0[0, 0])
     Phi = np.array(fit.vcov_beta, float)
     F = it.F
     dvcov = it.dvcov

@@ -58,10 +58,8 @@ def marginal_covariance(fit, rows=None, force: bool = False) -> sp.csc_matrix:
     if m > MAX_ROWS and not force:
         raise DataError(f"marginal_covariance of {m} rows would hold up to {m}² entries; "
                         f"choose rows (at most {MAX_ROWS}) or pass force=True")
-    G0s, s2e = fit.internals.mme.split(fit.internals.theta_reported)
-    # R = σ²ₑ I on the chosen rows: Eᵣ Eᵣ' with Eᵣ the selection of rows `idx`
-    E = sp.csr_matrix((np.ones(m), (np.arange(m), idx)), shape=(m, n))
-    V = (s2e * (E @ E.T)).tocsc()
+    G0s, R0 = fit.internals.mme.split(fit.internals.theta_reported)
+    V = design.residual.covariance_rows(R0, idx)
     for block, G0 in zip(design.blocks, G0s):
         V = V + _block_covariance(block.Z[idx, :].tocsc(), block, G0)
     V = sp.csc_matrix(V)

@@ -25,7 +25,7 @@ HESSIAN_STEP = 1e-4
 def vcov_derivatives(model, theta: np.ndarray, F: np.ndarray) -> np.ndarray:
     """∂Cˣˣ/∂θᵢ for every parameter: array (k, p, p). F = C⁻¹[:, :p] at θ."""
     mme = model.mme
-    G0s, s2e = model.split(theta)
+    G0s, R0 = model.split(theta)
     out = []
     for s, G0 in zip(mme.structures, G0s):
         G0inv = np.linalg.inv(G0)
@@ -34,7 +34,12 @@ def vcov_derivatives(model, theta: np.ndarray, F: np.ndarray) -> np.ndarray:
             D = -s.dC_dtheta(i, G0inv)          # Mᵢ ⊗ K⁻¹ (sparse)
             out.append(Fu.T @ (D @ Fu))
     WF = mme.W @ F
-    out.append(WF.T @ WF / s2e ** 2)
+    res = mme.residual
+    if res.is_scalar:
+        out.append(WF.T @ WF / float(R0[0, 0]) ** 2)
+    else:
+        Rinvs = res.pattern_inverses(R0)
+        out += [res.sandwich(WF, res.derivative_mats(Rinvs, i)) for i in range(res.n_params)]
     return np.array(out)
 
 

@@ -134,11 +134,13 @@ def is_positive_definite(G0: np.ndarray, tol: float = 0.0) -> bool:
 KNOWN_G0_MIN_EIGEN_RATIO = 1e-12
 
 
-def parse_variances(blocks, variances) -> tuple:
-    """(list of G₀ per block, σ²ₑ) from ``variances=`` as ``mme.fit`` and PCG take it.
+def parse_variances(blocks, variances, residual=None) -> tuple:
+    """(list of G₀ per block, R₀ (t × t)) from ``variances=`` as ``mme.fit`` and PCG take it.
 
-    ``{"rep": 0.035, "Residual": 0.044}``; a term with d slopes takes a d × d matrix.
-    Every G₀ must be symmetric positive definite and σ²ₑ > 0; the errors name the term.
+    ``{"rep": 0.035, "Residual": 0.044}``; a term with d slopes takes a d × d matrix;
+    a structured residual (``model.residual``) takes its t × t R₀ (``us``) or the t
+    variances (``diag``/``by``). Every G₀ and R₀ must be symmetric positive definite;
+    the errors name the term.
     """
     if not isinstance(variances, dict):
         raise DataError("variances must be a dict such as {'id': 0.5, 'Residual': 1.0}, "
@@ -153,28 +155,34 @@ def parse_variances(blocks, variances) -> tuple:
         if b.group not in variances:
             raise DataError(f"variances: no value for random term {b.group!r} "
                             f"(given: {sorted(variances)})")
-        try:
-            G0 = np.atleast_2d(np.asarray(variances[b.group], dtype=float))
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"variances[{b.group!r}] is not numeric: {exc}") from exc
-        if G0.shape != (b.d, b.d):
-            raise DataError(f"variances[{b.group!r}] must be {b.d} × {b.d} for terms "
-                            f"{list(b.terms)}, got shape {G0.shape}")
-        if not np.all(np.isfinite(G0)) or not np.allclose(G0, G0.T):
-            raise DataError(f"variances[{b.group!r}] must be finite and symmetric")
-        if not is_positive_definite(G0, KNOWN_G0_MIN_EIGEN_RATIO) or np.any(np.diag(G0) <= 0):
-            raise DataError(f"variances[{b.group!r}] must be > 0 (a d × d G₀ positive "
-                            f"definite), got {G0.tolist()}")
-        G0s.append(G0)
+        G0s.append(_known_matrix(variances[b.group], b.d, repr(b.group), list(b.terms)))
     if "Residual" not in variances:
         raise DataError("variances: a 'Residual' value is required")
+    t = 1 if residual is None else residual.t
+    value = variances["Residual"]
+    if residual is not None and residual.kind == "diag" and np.ndim(value) == 1:
+        value = np.diag(np.asarray(value, dtype=float))
+    R0 = _known_matrix(value, t, "'Residual'",
+                       list(residual.levels) if residual is not None else [""])
+    if residual is not None and residual.kind == "diag" and np.any(R0 != np.diag(np.diag(R0))):
+        raise DataError("variances['Residual'] must be diagonal for a by()/diag() residual")
+    return G0s, R0
+
+
+def _known_matrix(value, d: int, name: str, terms: list) -> np.ndarray:
+    """A d × d positive-definite matrix (d = 1: a positive number) from ``variances=``."""
     try:
-        s2e = float(variances["Residual"])
+        G0 = np.atleast_2d(np.asarray(value, dtype=float))
     except (TypeError, ValueError) as exc:
-        raise DataError(f"variances['Residual'] must be a number: {exc}") from exc
-    if not (np.isfinite(s2e) and s2e > 0):
-        raise DataError(f"variances: 'Residual' must be > 0, got {s2e}")
-    return G0s, s2e
+        raise DataError(f"variances[{name}] is not numeric: {exc}") from exc
+    if G0.shape != (d, d):
+        raise DataError(f"variances[{name}] must be {d} × {d} for {terms}, got shape {G0.shape}")
+    if not np.all(np.isfinite(G0)) or not np.allclose(G0, G0.T):
+        raise DataError(f"variances[{name}] must be finite and symmetric")
+    if not is_positive_definite(G0, KNOWN_G0_MIN_EIGEN_RATIO) or np.any(np.diag(G0) <= 0):
+        raise DataError(f"variances[{name}] must be > 0 (a {d} × {d} matrix positive "
+                        f"definite), got {G0.tolist()}")
+    return G0
 
 
 def ginv_matrix(blocks, G0s: list, p: int = 0) -> sp.csr_matrix:

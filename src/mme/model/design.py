@@ -21,6 +21,7 @@ from formulaic import Formula
 from .._errors import DataError, DroppedRowsWarning, FormulaError, NotPositiveDefiniteError
 from .formula import ModelFormula, RandomTerm, parse_formula
 from .ids import normalize_ids
+from .residual import ResidualStructure, parse_residual, residual_structure
 
 #: A column of X is aliased when the squared norm of its residual on the kept
 #: columns before it is below ALIAS_TOL × its squared norm. R's lm uses 1e-7 on the
@@ -73,6 +74,7 @@ class Design:
     blocks: tuple
     fixed_spec: object = field(repr=False)   # formulaic ModelSpec, for new data
     data: pd.DataFrame = field(repr=False)   # the rows used (after dropping NA)
+    residual: ResidualStructure = field(default=None, repr=False)   # R's structure
 
     @cached_property
     def W(self) -> sp.csc_matrix:
@@ -290,6 +292,8 @@ def _relmat_parts(rel, group: str) -> tuple:
 def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict) -> RandomBlock:
     n = len(data)
     for v in sorted(term_variables(term.expr)):
+        if isinstance(data[v].dtype, pd.CategoricalDtype):
+            continue        # a factor: (0 + trait | animal) gives one column per level
         if not pd.api.types.is_numeric_dtype(data[v]) or data[v].dtype == bool:
             raise DataError(
                 f"random slope variable {v!r} in ({term.expr} | {term.group}) must be "
@@ -337,17 +341,27 @@ def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict) -> RandomB
 
 
 def build_design(formula: str | ModelFormula, data: pd.DataFrame,
-                 relmat: dict | None = None) -> Design:
-    """Stage 1 of a fit: formula + data frame → y, sparse X, sparse Z blocks.
+                 relmat: dict | None = None, residual: str | None = None,
+                 weights: str | None = None) -> Design:
+    """Stage 1 of a fit: formula + data frame → y, sparse X, sparse Z blocks, R's structure.
 
     Parameters
     ----------
     formula : str or ModelFormula
         lme4 syntax (``"y ~ a + (1|g)"``), or a formula parsed by ``parse_formula``.
+        ``cbind(y1, y2) ~ 0 + trait + …`` fits several responses of wide data (one
+        row per unit): internally the long form with a factor ``trait`` whose levels
+        are the responses in ``cbind`` order; a missing response drops only that
+        trait of that row.
     data : DataFrame
         Rows with missing values in the model's columns are dropped (with a warning).
     relmat : dict, optional
         ``{"id": mme.Pedigree}`` or ``{"id": (levels, Kinv)}``.
+    residual : str, optional
+        ``"us(trait)"`` (the default with ``cbind``), ``"diag(trait)"``, or
+        ``"by(factor)"``: a residual variance per level of a column (``model.residual``).
+    weights : str, optional
+        Column of prior weights: Var(eᵢ) = σ²/wᵢ, as lme4's ``weights=``.
 
     Returns
     -------
@@ -357,13 +371,80 @@ def build_design(formula: str | ModelFormula, data: pd.DataFrame,
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     relmat = dict(relmat or {})
+    kind, rfactor = parse_residual(residual, mf.multi_response)
+    if mf.multi_response:
+        data = _long_form(mf, data)
     cols = _check_columns(mf, data, relmat)
+    extra = [c for c in (weights, rfactor if kind == "diag" and not mf.multi_response else None)
+             if c is not None and c not in cols]
+    absent = [c for c in extra if c not in data.columns]
+    if absent:
+        raise FormulaError(f"column(s) {absent} named by weights=/residual= are not in the "
+                           f"data (columns are: {list(data.columns)[:20]})")
     for g in relmat:
         if g not in {t.group for t in mf.random}:
             raise FormulaError(f"relmat given for {g!r}, but the formula has no (… | {g}) term")
-    data = _drop_missing(data, cols)
+    data = _drop_missing(data, cols + extra)
     y = _response(data, mf.response)
+    w = _weights(data, weights)
     X, names, aliased, spec = _fixed_matrix(mf, data)
     blocks = tuple(_random_block(t, data, relmat) for t in mf.random)
-    return Design(formula=formula if isinstance(formula, str) else mf.text, y=y, X=X, fixed_names=names, aliased=aliased, blocks=blocks,
-                  fixed_spec=spec, data=data)
+    if kind == "scalar":
+        res = residual_structure("scalar", None, len(y), weights=w)
+    elif mf.multi_response:
+        codes = data["trait"].cat.codes.to_numpy(np.int64)
+        res = residual_structure(kind, "trait", len(y), codes, mf.responses,
+                                 data[".unit"].to_numpy(np.int64), weights=w)
+    else:
+        codes, levels = group_codes(data, (rfactor,))
+        res = residual_structure(kind, rfactor, len(y), codes, list(levels), weights=w)
+    return Design(formula=formula if isinstance(formula, str) else mf.text, y=y, X=X,
+                  fixed_names=names, aliased=aliased, blocks=blocks, fixed_spec=spec,
+                  data=data, residual=res)
+
+
+#: the factor that indexes the responses of a ``cbind`` formula in the long form
+TRAIT = "trait"
+
+
+def _long_form(mf: ModelFormula, data: pd.DataFrame) -> pd.DataFrame:
+    """Wide data (one row per unit, one column per response) → long data: one row per
+    observed (unit, trait), unit-major; columns ``trait`` (levels in ``cbind`` order),
+    ``.unit`` (the wide row's position) and the response under ``mf.response``."""
+    absent = [r for r in mf.responses if r not in data.columns]
+    if absent:
+        raise FormulaError(f"response column(s) {absent} of {mf.response} are not in the data")
+    for taken in (TRAIT, ".unit"):
+        if taken in data.columns:
+            raise FormulaError(f"a cbind() formula adds a column {taken!r}; the data have one "
+                               "already: rename it")
+    for r in mf.responses:
+        col = data[r]
+        if col.dtype == bool or not pd.api.types.is_numeric_dtype(col):
+            raise DataError(f"response column {r!r} must be numeric, it is {col.dtype}")
+    n, t = len(data), len(mf.responses)
+    long = data.loc[np.repeat(data.index.to_numpy(), t)].reset_index(drop=True)
+    long[TRAIT] = pd.Categorical(np.tile(np.array(mf.responses, dtype=object), n),
+                                 categories=list(mf.responses))
+    long[".unit"] = np.repeat(np.arange(n, dtype=np.int64), t)
+    long[mf.response] = np.column_stack([data[r].to_numpy(dtype=float)
+                                         for r in mf.responses]).ravel()
+    observed = long[mf.response].notna().to_numpy()
+    if not observed.any():
+        raise DataError(f"all responses of {mf.response} are missing")
+    return long.loc[observed].reset_index(drop=True)
+
+
+def _weights(data: pd.DataFrame, name: str | None) -> np.ndarray | None:
+    """Prior weights: numeric, finite and > 0 (the error names the rows)."""
+    if name is None:
+        return None
+    col = data[name]
+    if col.dtype == bool or not pd.api.types.is_numeric_dtype(col):
+        raise DataError(f"weights column {name!r} must be numeric, it is {col.dtype}")
+    w = col.to_numpy(dtype=float)
+    bad = np.flatnonzero(~(np.isfinite(w) & (w > 0)))
+    if bad.size:
+        raise DataError(f"weights column {name!r} must be finite and > 0; rows "
+                        f"{data.index[bad[:5]].tolist()} have {w[bad[:5]].tolist()}")
+    return w

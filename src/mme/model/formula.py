@@ -42,6 +42,12 @@ class ModelFormula:
     response: str
     fixed: str
     random: tuple
+    #: the response columns: ``("y",)``, or for ``cbind(y1, y2) ~ …`` ``("y1", "y2")``
+    responses: tuple = ()
+
+    @property
+    def multi_response(self) -> bool:
+        return len(self.responses) > 1
 
     @property
     def text(self) -> str:
@@ -105,6 +111,23 @@ def _expr_terms(expr: str) -> tuple:
     return intercept, slopes
 
 
+_CBIND = re.compile(r"^cbind\s*\((.*)\)$", re.S)
+
+
+def _responses(lhs: str) -> tuple:
+    """``y`` → ("y",); ``cbind(y1, y2)`` → ("y1", "y2") (column names only)."""
+    m = _CBIND.match(lhs)
+    if not m:
+        return (lhs,)
+    names = tuple(x.strip() for x in m.group(1).split(","))
+    bad = [x for x in names if not _NAME.match(x)]
+    if bad or len(names) < 2:
+        raise FormulaError(f"cbind() needs two or more response column names, got {lhs!r}")
+    if len(set(names)) < len(names):
+        raise FormulaError(f"cbind() repeats a response: {lhs!r}")
+    return names
+
+
 def parse_formula(formula: str) -> ModelFormula:
     """Parse an lme4 formula.
 
@@ -120,6 +143,7 @@ def parse_formula(formula: str) -> ModelFormula:
     response = lhs.strip()
     if not response:
         raise FormulaError(f"formula {formula!r} has no response")
+    responses = _responses(response)
     fixed_parts, random = [], []
     for raw in _split_top(rhs, "+"):
         part = raw.strip()
@@ -152,4 +176,5 @@ def parse_formula(formula: str) -> ModelFormula:
         fixed = "1"
     elif fixed.startswith("-"):
         fixed = "1 " + fixed
-    return ModelFormula(response=response, fixed=fixed, random=tuple(random))
+    return ModelFormula(response=response, fixed=fixed, random=tuple(random),
+                        responses=responses)
