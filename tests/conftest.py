@@ -16,7 +16,6 @@ import copy
 import functools
 import inspect
 import json
-import os
 import pathlib
 
 import numpy as np
@@ -76,7 +75,7 @@ def fitted(name, formula=None, **options):
     ref, df = load_case(name)
     if formula is None:
         formula = ref["formula"]
-        options.setdefault("method", ref["method"])
+    options.setdefault("method", ref["method"] if formula == ref["formula"] else "REML")
     key = (name, formula, _freeze(options))
     if key not in _FITS:
         _FITS[key] = mme.fit(formula, df, **options)
