@@ -1,0 +1,331 @@
+"""Residual (R-side) structures against dense NumPy oracles and Mrode's textbook.
+
+For each structure — prior weights, a residual variance per site (``by``), an
+unstructured R₀ across the traits of a row with missing records (``cbind``/``us``),
+``diag(trait)`` — V = Σ ZₖGₖZₖ' + R is formed densely (small n) and the exact REML/ML
+log-likelihood, its gradient (central differences), the average information
+½ y'PVᵢPVⱼPy, and the GLS/BLUP solution are compared with what the MME give.
+"""
+import json
+import pathlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import mme
+from mme.engine.reml import Likelihood
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+#: logLik from the MME vs the dense V formula at the same θ: achieved 3.6e-12
+ATOL_LOGLIK = 1e-10
+#: MME score vs central differences of the dense logLik (relative step 1e-6), relative
+#: to max(1, largest |gradient|): achieved 1.1e-6 (the differences' own error)
+RTOL_SCORE = 1e-5
+#: AI from working variates vs dense ½ y'PVᵢPVⱼPy: achieved 8.7e-15
+RTOL_AI = 1e-12
+#: BLUE/BLUP and Var(β̂) vs dense GLS/BLUP at the estimate: achieved 4.6e-15
+RTOL_SOLUTION = 1e-12
+#: at the REML estimate the dense gradient is ≈ 0: max |∂ℓ/∂θ|·SE(θ) achieved 2.9e-5
+#: (the finite differences' error; θ̂ within ~3e-5 SE, the convergence rule)
+ATOL_STATIONARY = 3e-4
+#: Mrode's printed digits: 3 decimals (half a unit of the last digit)
+ATOL_MRODE = 5e-4 + 1e-9
+#: Mrode 5.1 PEVs: the book's values differ from the exact inverse of its C by up to
+#: 7.0e-5 relative (0.0022 on 31.364; the book inverts a C built from rounded numbers);
+#: checked to 1.5e-4 relative
+RTOL_MRODE_PEV = 1.5e-4
+
+
+# ----------------------------------------------------------------- data sets --
+def _sire_bivariate(seed=3, ns=25, no=6):
+    rng = np.random.default_rng(seed)
+    sire = np.repeat(np.arange(ns), no)
+    n = ns * no
+    G0 = np.array([[1.0, 0.4], [0.4, 0.8]])
+    R0 = np.array([[2.0, 0.6], [0.6, 1.5]])
+    u = rng.multivariate_normal([0, 0], G0, ns)
+    e = rng.multivariate_normal([0, 0], R0, n)
+    x = rng.normal(size=n)
+    Y = np.array([10.0, 5.0]) + u[sire] + e + np.outer(x, [0.5, -0.3])
+    df = pd.DataFrame({"y1": Y[:, 0], "y2": Y[:, 1], "x": x, "sire": sire})
+    m = rng.random(n)
+    df.loc[m < 0.12, "y1"] = np.nan
+    df.loc[m > 0.88, "y2"] = np.nan
+    return df
+
+
+def _sites(seed=5, n=120):
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, 15, n)
+    site = rng.integers(0, 3, n)
+    u = rng.normal(0, 1.0, 15)
+    sd = np.array([1.0, 2.0, 4.0])[site]
+    return pd.DataFrame({"y": 3 + 0.5 * site + u[g] + sd * rng.normal(size=n),
+                         "site": pd.Categorical(np.array(["a", "b", "c"])[site]),
+                         "g": g, "w": rng.uniform(0.5, 3.0, n), "x": rng.normal(size=n)})
+
+
+def _weighted(seed=7, n=150):
+    """Var(eᵢ) = σ²/wᵢ with σ² = 2, 12 groups of variance 1."""
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, 12, n)
+    w = rng.uniform(0.5, 3.0, n)
+    x = rng.normal(size=n)
+    y = 3 + 0.5 * x + rng.normal(0, 1.0, 12)[g] + rng.normal(size=n) * np.sqrt(2.0 / w)
+    return pd.DataFrame({"y": y, "x": x, "g": g, "w": w})
+
+
+CASES = {
+    "weights": dict(formula="y ~ x + (1|g)", data=_weighted, kw=dict(weights="w")),
+    "weights_fixed_only": dict(formula="y ~ x", data=_weighted, kw=dict(weights="w")),
+    "by_site": dict(formula="y ~ site + (1|g)", data=_sites, kw=dict(residual="by(site)")),
+    "by_site_weights": dict(formula="y ~ site + (1|g)", data=_sites,
+                            kw=dict(residual="by(site)", weights="w")),
+    "by_site_fixed_only": dict(formula="y ~ site + x", data=_sites, kw=dict(residual="by(site)")),
+    "us_traits": dict(formula="cbind(y1, y2) ~ 0 + trait + trait:x + (0 + trait | sire)",
+                      data=_sire_bivariate, kw={}),
+    "diag_traits": dict(formula="cbind(y1, y2) ~ 0 + trait + trait:x + (0 + trait | sire)",
+                        data=_sire_bivariate, kw=dict(residual="diag(trait)")),
+    "us_fixed_only": dict(formula="cbind(y1, y2) ~ 0 + trait + trait:x", data=_sire_bivariate,
+                          kw=dict(residual="us(trait)")),
+}
+
+
+# -------------------------------------------------------------- dense oracle --
+class Dense:
+    """V(θ) and the exact log-likelihood of a built MME, formed densely."""
+
+    def __init__(self, system, method="REML"):
+        d = system.design
+        self.system, self.method = system, method
+        self.X = d.X.toarray()
+        self.y = d.y
+        self.Zs = [b.Z.toarray() for b in d.blocks]
+        self.Ks = [np.linalg.inv(b.Kinv.toarray()) for b in d.blocks]
+        res = d.residual
+        self.res = res
+        self.w = np.ones(d.n) if res.weights is None else res.weights
+
+    def R(self, R0):
+        n = len(self.y)
+        R = np.zeros((n, n))
+        for p in self.res.patterns:
+            for j, a in enumerate(p.levels):
+                for k, b in enumerate(p.levels):
+                    R[p.rows[:, j], p.rows[:, k]] = R0[a, b]
+        s = 1.0 / np.sqrt(self.w)
+        return R * np.outer(s, s)
+
+    def V(self, theta):
+        G0s, R0 = self.system.split(theta)
+        V = self.R(R0)
+        for Z, K, G0 in zip(self.Zs, self.Ks, G0s):
+            V += Z @ np.kron(G0, K) @ Z.T
+        return V
+
+    def loglik(self, theta):
+        V = self.V(theta)
+        n, p = self.X.shape
+        Vi = np.linalg.inv(V)
+        XtViX = self.X.T @ Vi @ self.X
+        beta = np.linalg.solve(XtViX, self.X.T @ Vi @ self.y)
+        r = self.y - self.X @ beta
+        m2 = np.linalg.slogdet(V)[1] + r @ Vi @ r
+        if self.method == "REML":
+            m2 += (n - p) * np.log(2 * np.pi) + np.linalg.slogdet(XtViX)[1]
+        else:
+            m2 += n * np.log(2 * np.pi)
+        return -0.5 * m2
+
+    def gradient(self, theta, h=1e-6):
+        g = np.zeros_like(theta)
+        for i in range(len(theta)):
+            step = h * max(abs(theta[i]), 1e-2)
+            up, dn = theta.copy(), theta.copy()
+            up[i] += step
+            dn[i] -= step
+            g[i] = (self.loglik(up) - self.loglik(dn)) / (2 * step)
+        return g
+
+    def dV(self, theta, i, h=1e-7):
+        """∂V/∂θᵢ (V is linear in θ: exact differences)."""
+        e = np.zeros_like(theta)
+        e[i] = 1.0
+        return self.V(theta + e) - self.V(theta)
+
+    def ai(self, theta):
+        V = self.V(theta)
+        Vi = np.linalg.inv(V)
+        X = self.X
+        P = Vi - Vi @ X @ np.linalg.solve(X.T @ Vi @ X, X.T @ Vi)
+        if self.method == "ML":
+            P = Vi
+            beta = np.linalg.solve(X.T @ Vi @ X, X.T @ Vi @ self.y)
+            Py = Vi @ (self.y - X @ beta)
+        else:
+            Py = P @ self.y
+        k = len(theta)
+        wv = [self.dV(theta, i) @ Py for i in range(k)]
+        # REML: ½ wᵢ'P wⱼ; ML: ½ wᵢ'V⁻¹wⱼ (engine/reml.py's definition)
+        return 0.5 * np.array([[wv[i] @ P @ wv[j] for j in range(k)] for i in range(k)])
+
+
+def _build(case):
+    c = CASES[case]
+    df = c["data"]()
+    design = mme.build_design(c["formula"], df, **c["kw"])
+    return df, mme.build_mme(design)
+
+
+def _theta_points(system, est_theta):
+    """The estimate and two points away from it (other scales and correlations)."""
+    G0s, R0 = system.split(est_theta)
+    out = [est_theta]
+    for f in (0.6, 1.7):
+        Gs = [G * f if G.shape[0] == 1 else G * np.array([[f, 0.5], [0.5, 1 / f]])[:G.shape[0], :G.shape[0]]
+              for G in G0s]
+        R = R0 * (1 / f) if R0.shape[0] == 1 else np.diag(np.diag(R0)) * 1.3 + (R0 - np.diag(np.diag(R0))) * 0.5
+        out.append(system.theta_of(Gs, R))
+    return out
+
+
+# ------------------------------------------------------------------- tests --
+@pytest.mark.parametrize("method", ["REML", "ML"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_loglik_score_ai_match_dense(case, method):
+    df, system = _build(case)
+    est = mme.estimate(system, method=method)
+    lik = Likelihood(system, method)
+    dense = Dense(system, method)
+    for theta in _theta_points(system, est.theta):
+        ev = lik.evaluate(theta)
+        assert abs(ev.loglik - dense.loglik(theta)) < ATOL_LOGLIK
+        g = dense.gradient(theta)
+        if ev.score.shape[0] == 1 and system.residual.is_scalar and not system.structures:
+            continue      # least squares: no AI-REML score needed
+        scale = max(np.abs(g).max(), 1.0)
+        assert np.abs(ev.score - g).max() < RTOL_SCORE * scale, (ev.score, g)
+        A = dense.ai(theta)
+        assert np.abs(ev.AI - A).max() < RTOL_AI * np.abs(A).max()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_estimate_is_the_dense_optimum_and_solution_is_gls(case):
+    df, system = _build(case)
+    est = mme.estimate(system)
+    assert est.converged
+    dense = Dense(system)
+    fit = mme.assemble(est)
+    se = fit.variance_components["std_error"].to_numpy()
+    g = dense.gradient(est.theta)
+    assert np.all(np.abs(g) * se < ATOL_STATIONARY), (g, se)
+    # BLUE and BLUP = dense GLS / BLUP at θ̂
+    V = dense.V(est.theta)
+    Vi = np.linalg.inv(V)
+    X = dense.X
+    beta = np.linalg.solve(X.T @ Vi @ X, X.T @ Vi @ dense.y)
+    assert np.abs(fit.beta - beta).max() < RTOL_SOLUTION * np.abs(beta).max()
+    np.testing.assert_allclose(fit.vcov_beta, np.linalg.inv(X.T @ Vi @ X),
+                               rtol=RTOL_SOLUTION, atol=RTOL_SOLUTION * np.abs(fit.vcov_beta).max())
+    G0s, _ = system.split(est.theta)
+    r = Vi @ (dense.y - X @ beta)
+    for blk, Z, K, G0 in zip(fit.blocks, dense.Zs, dense.Ks, G0s):
+        u = np.kron(G0, K) @ Z.T @ r
+        assert np.abs(blk.blup.ravel() - u).max() < RTOL_SOLUTION * max(np.abs(u).max(), 1e-12)
+    # residuals on the data's scale; fitted + residual = y
+    np.testing.assert_allclose(fit.fitted() + fit.residuals(), system.design.y, rtol=0, atol=1e-10)
+    # the marginal covariance of the fit is the dense V
+    Vm = fit.marginal_covariance().toarray()
+    np.testing.assert_allclose(Vm, V, rtol=1e-12, atol=1e-12 * np.abs(V).max())
+
+
+def test_variance_component_rows_name_levels():
+    df = _sites()
+    fit = mme.fit("y ~ site + (1|g)", df, residual="by(site)")
+    vc = fit.variance_components
+    res = vc[vc.group == "Residual"]
+    assert list(res.term1) == ["a", "b", "c"] and list(res.term2) == ["", "", ""]
+    # the simulated SDs are 1, 2, 4: the estimates are ordered and within a factor 2
+    est = res.estimate.to_numpy()
+    assert np.all(np.diff(est) > 0) and np.all(np.abs(np.log(est / [1, 4, 16])) < np.log(2))
+    fit2 = mme.fit("cbind(y1, y2) ~ 0 + trait + trait:x + (0 + trait | sire)", _sire_bivariate())
+    vc2 = fit2.variance_components
+    assert [tuple(r) for r in vc2[["group", "term1", "term2"]].itertuples(index=False)] == [
+        ("sire", "traity1", ""), ("sire", "traity2", ""), ("sire", "traity1", "traity2"),
+        ("Residual", "y1", ""), ("Residual", "y2", ""), ("Residual", "y1", "y2")]
+    assert list(fit2.fixed_effects.index) == ["traity1", "traity2", "traity1:x", "traity2:x"]
+    # a missing response drops only that trait of that row
+    df = _sire_bivariate()
+    assert fit2.nobs == int(df[["y1", "y2"]].notna().sum().sum())
+
+
+def test_weights_scale_invariance_and_unit_weights():
+    df = _weighted()
+    a = mme.fit("y ~ x + (1|g)", df)
+    b = mme.fit("y ~ x + (1|g)", df.assign(one=1.0), weights="one")
+    assert abs(a.loglik - b.loglik) < 1e-10
+    # weights c·w: Var(eᵢ) = σ²/(c wᵢ), so σ²ₑ scales by c, σ²_g does not move, and
+    # logLik is unchanged (n log cσ² − Σ log cwᵢ = n log σ² − Σ log wᵢ)
+    c = 4.0
+    w1 = mme.fit("y ~ x + (1|g)", df, weights="w")
+    w2 = mme.fit("y ~ x + (1|g)", df.assign(w=df.w * c), weights="w")
+    v1, v2 = w1.variance_components.estimate.to_numpy(), w2.variance_components.estimate.to_numpy()
+    assert v1[0] > 0.1
+    assert abs(v2[0] - v1[0]) < 1e-6 * v1[0] and abs(v2[1] - c * v1[1]) < 1e-6 * c * v1[1]
+    assert abs(w2.loglik - w1.loglik) < 1e-8
+
+
+@pytest.mark.parametrize("name", ["mrode_5_1_multitrait", "mrode_5_2_multitrait_missing"])
+def test_mrode_multitrait_known_variances(name):
+    d = json.loads((DATA / "mrode" / f"{name}.json").read_text())
+    ped = mme.Pedigree.from_frame(pd.DataFrame({k: d["pedigree"][k] for k in ("id", "sire", "dam")}))
+    rec = pd.DataFrame(d["records"])
+    fit = mme.fit("cbind(WWG, PWG) ~ 0 + trait:sex + (0 + trait | animal)", rec,
+                  relmat={"animal": ped}, variances={"animal": d["G0"], "Residual": d["R0"]})
+    fe = fit.fixed_effects["estimate"]
+    n = 0
+    for t, by_sex in d["expected"]["sex"].items():
+        for sex, value in by_sex.items():
+            assert abs(fe[f"trait{t}:sex{sex}"] - value) < ATOL_MRODE
+            n += 1
+    assert n == 4
+    re = fit.random_effects.set_index(["term", "level"])
+    ids = [str(i) for i in d["pedigree"]["id"]]
+    for t in d["traits"]:
+        got = re.loc[[(f"trait{t}", i) for i in ids], "blup"].to_numpy()
+        np.testing.assert_allclose(got, d["expected"]["animal_blup"][t], rtol=0, atol=ATOL_MRODE)
+        if "animal_pev" in d["expected"]:
+            pev = re.loc[[(f"trait{t}", i) for i in ids], "pev"].to_numpy()
+            np.testing.assert_allclose(pev, d["expected"]["animal_pev"][t], rtol=RTOL_MRODE_PEV)
+
+
+def test_structured_residual_bad_input_and_limits():
+    df = _sites()
+    with pytest.raises(mme.FormulaError, match="cbind"):
+        mme.fit("y ~ x + (1|g)", df, residual="us(site)")
+    with pytest.raises(mme.FormulaError, match="not understood"):
+        mme.fit("y ~ x + (1|g)", df, residual="ar2(site)")
+    with pytest.raises(mme.FormulaError, match="nosuch"):
+        mme.fit("y ~ x + (1|g)", df, residual="by(nosuch)")
+    with pytest.raises(mme.DataError, match="'w'.*> 0"):
+        mme.fit("y ~ x + (1|g)", df.assign(w=df.w - 1.0), weights="w")
+    with pytest.raises(mme.FormulaError, match="'trait'"):
+        mme.fit("cbind(y1, y2) ~ 0 + trait + (0 + trait | sire)",
+                _sire_bivariate().assign(trait=1))
+    with pytest.raises(mme.FormulaError, match="y3"):
+        mme.fit("cbind(y1, y3) ~ 0 + trait", _sire_bivariate())
+    fit = mme.fit("y ~ site + (1|g)", df, residual="by(site)")
+    with pytest.raises(mme.DfMethodError, match="structured residual"):
+        fit.emmeans("site", df_method="kenward-roger")
+    # Satterthwaite df work on a structured residual
+    em = fit.emmeans("site", df_method="satterthwaite").table
+    assert np.all(np.isfinite(em["df"])) and len(em) == 3
+    # known variances for a by() residual: one per level, as a vector
+    k = mme.fit("y ~ site + (1|g)", df, residual="by(site)",
+                variances={"g": 1.0, "Residual": [1.0, 4.0, 16.0]})
+    assert list(k.variance_components.estimate) == [1.0, 1.0, 4.0, 16.0]
+    with pytest.raises(mme.DataError, match="3 × 3"):
+        mme.fit("y ~ site + (1|g)", df, residual="by(site)", variances={"g": 1.0, "Residual": 2.0})
