@@ -122,141 +122,17 @@ class Pedigree:
     __slots__ = ("_ids", "_sire", "_dam", "_added", "_F", "_d", "_logdet", "_ainv")
 
     def __init__(self, id, sire, dam, *, missing: Iterable = DEFAULT_MISSING):
-        cols = [id_keys(v, missing) for v in (id, sire, dam)]
-        n0 = len(cols[0][0])
-        if len(cols[1][0]) != n0 or len(cols[2][0]) != n0:
-            raise _pederror(f"id, sire and dam must have the same length "
-                            f"({n0}, {len(cols[1][0])}, {len(cols[2][0])})")
-        if all(kind == "int" for _, _, kind in cols):
-            # integer ids: int64 keys; the ids are their decimal strings
-            (ids_s, id_miss, _), (sire_s, sire_miss, _), (dam_s, dam_miss, _) = cols
-            uniq = None
-        else:
-            # string ids: one hash pass over the three columns, then int codes
-            strs = [_int_strings(k) if kind == "int" else k for k, _, kind in cols]
-            codes, uniq = pd.factorize(np.concatenate(strs), use_na_sentinel=True)
-            uniq = np.asarray(uniq, dtype=object)
-            tokens = [str(t).strip() for t in (missing or ()) if t is not None
-                      and not (isinstance(t, float) and np.isnan(t))]
-            tok = pd.Index(uniq).get_indexer(tokens) if tokens else np.empty(0, np.int64)
-            tok = tok[tok >= 0]
-            codes = codes.astype(np.int64)
-            miss_all = (codes < 0) | np.isin(codes, tok)
-            ids_s, sire_s, dam_s = codes[:n0], codes[n0:2 * n0], codes[2 * n0:]
-            id_miss = miss_all[:n0] | cols[0][1]
-            sire_miss = miss_all[n0:2 * n0] | cols[1][1]
-            dam_miss = miss_all[2 * n0:] | cols[2][1]
-
-        def lab(keys):
-            keys = np.asarray(keys, dtype=np.int64)
-            return _int_strings(keys) if uniq is None else uniq[keys]
-
-        if id_miss.any():
-            rows = np.flatnonzero(id_miss)
-            raise _pederror(f"{len(rows)} row(s) have a missing animal id (rows "
-                            f"{', '.join(map(str, rows[:_SHOW]))}"
-                            f"{', ...' if len(rows) > _SHOW else ''})")
-
-        # --- duplicated ids ---------------------------------------------------
-        idx = pd.Index(ids_s)
-        if not idx.is_unique:
-            frame = pd.DataFrame({"id": ids_s, "sire": sire_s, "dam": dam_s,
-                                  "sm": sire_miss, "dm": dam_miss})
-            frame.loc[sire_miss, "sire"] = ids_s[0]  # placeholders, told apart by sm/dm
-            frame.loc[dam_miss, "dam"] = ids_s[0]
-            exact = frame.duplicated(keep="first").to_numpy()
-            if exact.any():
-                dropped = lab(pd.unique(ids_s[exact]))
-                warnings.warn(f"dropped {int(exact.sum())} exact duplicate pedigree row(s) "
-                              f"of id(s) {_show(dropped)}", UserWarning, stacklevel=3)
-                keep = ~exact
-                ids_s, sire_s, dam_s = ids_s[keep], sire_s[keep], dam_s[keep]
-                sire_miss, dam_miss = sire_miss[keep], dam_miss[keep]
-                idx = pd.Index(ids_s)
-            if not idx.is_unique:
-                bad = lab(pd.unique(ids_s[idx.duplicated(keep=False)]))
-                raise _pederror(f"{len(bad)} id(s) appear in several rows with different "
-                                f"parents: {_show(bad)}", bad)
-        n_rows = len(ids_s)
-
-        # --- parents without rows: founders -------------------------------------
-        s_code = idx.get_indexer(sire_s)
-        d_code = idx.get_indexer(dam_s)
-        s_new = (s_code < 0) & ~sire_miss
-        d_new = (d_code < 0) & ~dam_miss
-        added = ids_s[:0]
-        all_ids = ids_s
-        if s_new.any() or d_new.any():
-            both = np.concatenate([sire_s[s_new], dam_s[d_new]])
-            pos = np.concatenate([np.flatnonzero(s_new), np.flatnonzero(d_new)])
-            added = pd.unique(both[np.argsort(pos, kind="stable")])
-            warnings.warn(f"{len(added)} parent(s) without a pedigree row of their own were "
-                          f"added as founders: {_show(lab(added))}", UserWarning, stacklevel=3)
-            all_ids = np.concatenate([added, ids_s])
-            idx = pd.Index(all_ids)
-            s_code = idx.get_indexer(sire_s)
-            d_code = idx.get_indexer(dam_s)
-        s_code[sire_miss] = -1
-        d_code[dam_miss] = -1
-        n_add = len(added)
-        n = n_add + n_rows
-        sire_c = np.full(n, -1, dtype=np.int64)
-        dam_c = np.full(n, -1, dtype=np.int64)
-        sire_c[n_add:] = s_code
-        dam_c[n_add:] = d_code
-
-        # --- structural faults --------------------------------------------------
-        problems, bad_ids = [], []
-        ar = np.arange(n, dtype=np.int64)
-        own = (sire_c == ar) | (dam_c == ar)
-        if own.any():
-            b = lab(all_ids[own])
-            problems.append(f"{len(b)} animal(s) are their own parent: {_show(b)}")
-            bad_ids.extend(b)
-        is_sire = np.zeros(n, dtype=bool)
-        is_sire[sire_c[sire_c >= 0]] = True
-        is_dam = np.zeros(n, dtype=bool)
-        is_dam[dam_c[dam_c >= 0]] = True
-        sd = np.flatnonzero(is_sire & is_dam)
-        if len(sd):
-            b = lab(all_ids[sd])
-            problems.append(f"{len(b)} id(s) are used both as a sire and as a dam: {_show(b)}")
-            bad_ids.extend(b)
-        gen = np.empty(n, dtype=np.int64)
-        n_sorted = _core.topological_generations(sire_c, dam_c, gen)
-        if n_sorted < n:
-            cycles = _find_cycles(sire_c, dam_c, gen < 0)
-            own_set = set(np.flatnonzero(own).tolist())
-            cycles = [c for c in cycles if not (len(c) == 2 and c[0] in own_set)]
-            if cycles:
-                shown = "; ".join(" -> ".join(repr(str(x)) for x in lab(all_ids[c]))
-                                  for c in cycles[:3])
-                problems.append(
-                    f"{len(cycles)}{'+' if len(cycles) >= 10 else ''} cycle(s): animal(s) "
-                    f"{_show(lab(all_ids[[c[0] for c in cycles]]))} are their own ancestors "
-                    f"(each id is a parent of the next): {shown}")
-                bad_ids.extend(lab(all_ids[[v for c in cycles for v in c[:-1]]]))
-        if problems:
-            raise _pederror("invalid pedigree: " + "; ".join(problems), pd.unique(
-                np.asarray(bad_ids, dtype=object)))
-
-        # --- order: keep the input order if parents already come first ----------
-        if np.all(sire_c < ar) and np.all(dam_c < ar):
-            order = None
-        else:
-            order = np.argsort(gen, kind="stable")
+        keys = _read_keys(id, sire, dam, missing)
+        _check_no_missing_id(keys)
+        _drop_duplicate_rows(keys)
+        all_ids, sire_c, dam_c, added = _add_missing_founders(keys)
+        gen, acyclic = _generations(sire_c, dam_c)
+        _check_structure(all_ids, sire_c, dam_c, gen, acyclic, keys.label)
+        order = _parents_first_order(sire_c, dam_c, gen)
         if order is not None:
-            inv = np.empty(n, dtype=np.int64)
-            inv[order] = ar
-            s_o = sire_c[order]
-            d_o = dam_c[order]
-            sire_c = np.where(s_o >= 0, inv[np.maximum(s_o, 0)], -1)
-            dam_c = np.where(d_o >= 0, inv[np.maximum(d_o, 0)], -1)
-            all_ids = all_ids[order]
-        all_ids = lab(all_ids)
-        added = lab(added)
-        self._init(pd.Index(all_ids, dtype=object, name="id"), sire_c, dam_c,
-                   pd.Index(added, dtype=object, name="id"))
+            all_ids, sire_c, dam_c = _renumber(order, all_ids, sire_c, dam_c)
+        self._init(pd.Index(keys.label(all_ids), dtype=object, name="id"), sire_c, dam_c,
+                   pd.Index(keys.label(added), dtype=object, name="id"))
 
     def _init(self, ids, sire, dam, added):
         sire = np.ascontiguousarray(sire, dtype=np.int64)
@@ -486,6 +362,202 @@ class Pedigree:
             fmax = float(F.max()) if n else 0.0
             return base + f", {inbred:,} inbred, max F={fmax:.4f})"
         return base + ", inbreeding not computed yet)"
+
+
+# ------------------------------------------------------- Pedigree.__init__ steps --
+class _Keys:
+    """The three id columns as int64 keys, with missing masks and the key -> id labels."""
+
+    __slots__ = ("ids", "sire", "dam", "id_miss", "sire_miss", "dam_miss", "uniq", "index")
+
+    def __init__(self, ids, sire, dam, id_miss, sire_miss, dam_miss, uniq):
+        self.ids, self.sire, self.dam = ids, sire, dam
+        self.id_miss, self.sire_miss, self.dam_miss = id_miss, sire_miss, dam_miss
+        self.uniq = uniq      # None: the keys are the integer ids themselves
+        self.index = None     # pd.Index of ids, set by _drop_duplicate_rows
+
+    def label(self, keys) -> np.ndarray:
+        """Normalised id strings of ``keys``."""
+        keys = np.asarray(keys, dtype=np.int64)
+        return _int_strings(keys) if self.uniq is None else self.uniq[keys]
+
+
+def _read_keys(id, sire, dam, missing) -> _Keys:
+    """Read the three columns into int64 keys and missing masks (equal lengths checked)."""
+    cols = [id_keys(v, missing) for v in (id, sire, dam)]
+    n0 = len(cols[0][0])
+    if len(cols[1][0]) != n0 or len(cols[2][0]) != n0:
+        raise _pederror(f"id, sire and dam must have the same length "
+                        f"({n0}, {len(cols[1][0])}, {len(cols[2][0])})")
+    if all(kind == "int" for _, _, kind in cols):
+        # integer ids: int64 keys; the ids are their decimal strings
+        (ids_s, id_miss, _), (sire_s, sire_miss, _), (dam_s, dam_miss, _) = cols
+        return _Keys(ids_s, sire_s, dam_s, id_miss, sire_miss, dam_miss, None)
+    # string ids: one hash pass over the three columns, then int codes
+    strs = [_int_strings(k) if kind == "int" else k for k, _, kind in cols]
+    codes, uniq = pd.factorize(np.concatenate(strs), use_na_sentinel=True)
+    uniq = np.asarray(uniq, dtype=object)
+    tokens = [str(t).strip() for t in (missing or ()) if t is not None
+              and not (isinstance(t, float) and np.isnan(t))]
+    tok = pd.Index(uniq).get_indexer(tokens) if tokens else np.empty(0, np.int64)
+    tok = tok[tok >= 0]
+    codes = codes.astype(np.int64)
+    miss_all = (codes < 0) | np.isin(codes, tok)
+    return _Keys(codes[:n0], codes[n0:2 * n0], codes[2 * n0:],
+                 miss_all[:n0] | cols[0][1], miss_all[n0:2 * n0] | cols[1][1],
+                 miss_all[2 * n0:] | cols[2][1], uniq)
+
+
+def _check_no_missing_id(k: _Keys) -> None:
+    """Raise if a row has a missing animal id."""
+    if k.id_miss.any():
+        rows = np.flatnonzero(k.id_miss)
+        raise _pederror(f"{len(rows)} row(s) have a missing animal id (rows "
+                        f"{', '.join(map(str, rows[:_SHOW]))}"
+                        f"{', ...' if len(rows) > _SHOW else ''})")
+
+
+def _drop_duplicate_rows(k: _Keys) -> None:
+    """Find duplicated ids: drop exact duplicate rows (warning), raise if parents differ."""
+    idx = pd.Index(k.ids)
+    if not idx.is_unique:
+        frame = pd.DataFrame({"id": k.ids, "sire": k.sire, "dam": k.dam,
+                              "sm": k.sire_miss, "dm": k.dam_miss})
+        frame.loc[k.sire_miss, "sire"] = k.ids[0]  # placeholders, told apart by sm/dm
+        frame.loc[k.dam_miss, "dam"] = k.ids[0]
+        exact = frame.duplicated(keep="first").to_numpy()
+        if exact.any():
+            dropped = k.label(pd.unique(k.ids[exact]))
+            # stacklevel 4: the caller of Pedigree(...) sees the warning as before
+            warnings.warn(f"dropped {int(exact.sum())} exact duplicate pedigree row(s) "
+                          f"of id(s) {_show(dropped)}", UserWarning, stacklevel=4)
+            keep = ~exact
+            k.ids, k.sire, k.dam = k.ids[keep], k.sire[keep], k.dam[keep]
+            k.sire_miss, k.dam_miss = k.sire_miss[keep], k.dam_miss[keep]
+            idx = pd.Index(k.ids)
+        if not idx.is_unique:
+            bad = k.label(pd.unique(k.ids[idx.duplicated(keep=False)]))
+            raise _pederror(f"{len(bad)} id(s) appear in several rows with different "
+                            f"parents: {_show(bad)}", bad)
+    k.index = idx
+
+
+def _add_missing_founders(k: _Keys) -> tuple:
+    """Add parents without a row of their own as founders (first, warning); code parents.
+
+    Returns (all ids as keys, sire index, dam index, added keys); indices are
+    positions in all ids, -1 when unknown.
+    """
+    idx = k.index
+    s_code = idx.get_indexer(k.sire)
+    d_code = idx.get_indexer(k.dam)
+    s_new = (s_code < 0) & ~k.sire_miss
+    d_new = (d_code < 0) & ~k.dam_miss
+    added = k.ids[:0]
+    all_ids = k.ids
+    if s_new.any() or d_new.any():
+        both = np.concatenate([k.sire[s_new], k.dam[d_new]])
+        pos = np.concatenate([np.flatnonzero(s_new), np.flatnonzero(d_new)])
+        added = pd.unique(both[np.argsort(pos, kind="stable")])
+        warnings.warn(f"{len(added)} parent(s) without a pedigree row of their own were "
+                      f"added as founders: {_show(k.label(added))}", UserWarning, stacklevel=4)
+        all_ids = np.concatenate([added, k.ids])
+        idx = pd.Index(all_ids)
+        s_code = idx.get_indexer(k.sire)
+        d_code = idx.get_indexer(k.dam)
+    s_code[k.sire_miss] = -1
+    d_code[k.dam_miss] = -1
+    n_add = len(added)
+    n = n_add + len(k.ids)
+    sire_c = np.full(n, -1, dtype=np.int64)
+    dam_c = np.full(n, -1, dtype=np.int64)
+    sire_c[n_add:] = s_code
+    dam_c[n_add:] = d_code
+    return all_ids, sire_c, dam_c, added
+
+
+def _generations(sire_c, dam_c) -> tuple:
+    """Generation numbers by Kahn's algorithm (-1 on or below a cycle), and whether all got one."""
+    n = len(sire_c)
+    gen = np.empty(n, dtype=np.int64)
+    n_sorted = _core.topological_generations(sire_c, dam_c, gen)
+    return gen, n_sorted == n
+
+
+def _check_structure(all_ids, sire_c, dam_c, gen, acyclic, label) -> None:
+    """Raise one PedigreeError listing self-parenting, ids used as sire and dam, and cycles."""
+    own = _own_parents(sire_c, dam_c)
+    problems = [_self_parenting_problem(all_ids, own, label),
+                _sire_and_dam_problem(all_ids, sire_c, dam_c, label),
+                None if acyclic else _cycle_problem(all_ids, sire_c, dam_c, gen, own, label)]
+    problems = [p for p in problems if p is not None]
+    if problems:
+        bad_ids = [b for _, bad in problems for b in bad]
+        raise _pederror("invalid pedigree: " + "; ".join(m for m, _ in problems), pd.unique(
+            np.asarray(bad_ids, dtype=object)))
+
+
+def _own_parents(sire_c, dam_c) -> np.ndarray:
+    """Mask of the animals that are their own sire or dam."""
+    ar = np.arange(len(sire_c), dtype=np.int64)
+    return (sire_c == ar) | (dam_c == ar)
+
+
+def _self_parenting_problem(all_ids, own, label):
+    """(message, ids) for animals that are their own parent, or None."""
+    if not own.any():
+        return None
+    b = label(all_ids[own])
+    return f"{len(b)} animal(s) are their own parent: {_show(b)}", list(b)
+
+
+def _sire_and_dam_problem(all_ids, sire_c, dam_c, label):
+    """(message, ids) for ids used both as a sire and as a dam, or None."""
+    n = len(sire_c)
+    is_sire = np.zeros(n, dtype=bool)
+    is_sire[sire_c[sire_c >= 0]] = True
+    is_dam = np.zeros(n, dtype=bool)
+    is_dam[dam_c[dam_c >= 0]] = True
+    sd = np.flatnonzero(is_sire & is_dam)
+    if not len(sd):
+        return None
+    b = label(all_ids[sd])
+    return f"{len(b)} id(s) are used both as a sire and as a dam: {_show(b)}", list(b)
+
+
+def _cycle_problem(all_ids, sire_c, dam_c, gen, own, label):
+    """(message, ids) for animals that are their own ancestors (self-parents aside), or None."""
+    cycles = _find_cycles(sire_c, dam_c, gen < 0)
+    own_set = set(np.flatnonzero(own).tolist())
+    cycles = [c for c in cycles if not (len(c) == 2 and c[0] in own_set)]
+    if not cycles:
+        return None
+    shown = "; ".join(" -> ".join(repr(str(x)) for x in label(all_ids[c]))
+                      for c in cycles[:3])
+    msg = (f"{len(cycles)}{'+' if len(cycles) >= 10 else ''} cycle(s): animal(s) "
+           f"{_show(label(all_ids[[c[0] for c in cycles]]))} are their own ancestors "
+           f"(each id is a parent of the next): {shown}")
+    return msg, list(label(all_ids[[v for c in cycles for v in c[:-1]]]))
+
+
+def _parents_first_order(sire_c, dam_c, gen):
+    """None if parents already precede offspring, else a stable sort by generation."""
+    ar = np.arange(len(sire_c), dtype=np.int64)
+    if np.all(sire_c < ar) and np.all(dam_c < ar):
+        return None
+    return np.argsort(gen, kind="stable")
+
+
+def _renumber(order, all_ids, sire_c, dam_c) -> tuple:
+    """Put the animals in ``order`` and renumber the parent indices to match."""
+    n = len(order)
+    inv = np.empty(n, dtype=np.int64)
+    inv[order] = np.arange(n, dtype=np.int64)
+    s_o = sire_c[order]
+    d_o = dam_c[order]
+    sire_c = np.where(s_o >= 0, inv[np.maximum(s_o, 0)], -1)
+    dam_c = np.where(d_o >= 0, inv[np.maximum(d_o, 0)], -1)
+    return all_ids[order], sire_c, dam_c
 
 
 def _relationship_block(sire, dam, dvar, sel, block: int = 256) -> np.ndarray:
