@@ -18,7 +18,10 @@ Type-III hypotheses follow SAS's rules (Goodnight 1976) as lmerTest's
 L = (X'X)⁻X'X of the over-parameterized (all-levels) design, then, for each term,
 the columns of terms not containing it are eliminated and rows belonging only to
 containing terms are orthogonalized away. For treatment coding this gives tests of
-the marginal means with equal weights, independent of the coding.
+the marginal means with equal weights, independent of the coding. A model with a single
+term besides the intercept gets, as in lmerTest, the type-I basis instead (rows of the
+unit triangular Doolittle factor of X'X): the same hypothesis, but the Satterthwaite
+denominator df of a multi-df test depends on the basis, not only on its row space.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ from ..model.design import r_name
 from .kenward_roger import DfMethodError, check_kenward_roger, kenward_roger
 from .satterthwaite import contrast_eigen, satterthwaite_df, satterthwaite_F_df
 
-__all__ = ["anova", "confint", "type3_contrasts", "DfMethodError"]
+__all__ = ["anova", "confint", "type3_contrasts", "type1_contrasts", "doolittle",
+           "DfMethodError"]
 
 _ALIASES = {
     "kenward-roger": "kenward-roger", "kenward_roger": "kenward-roger", "kr": "kenward-roger",
@@ -46,6 +50,8 @@ _ALIASES = {
 PIVOT_EPS = 1e-8
 ENTRY_EPS = 1e-6
 GINV_EPS = 1e-10
+#: lmerTest's ``doolittle`` tolerance: smaller pivots and (final) entries are zero.
+DOOLITTLE_EPS = 1e-6
 #: lmerTest's eigenvalue tolerance for the rank of LΦL' (sqrt of machine epsilon).
 
 
@@ -152,10 +158,19 @@ def _contains(term, other, kinds) -> bool:
 
 
 def type3_contrasts(fit) -> dict:
-    """Type-III hypothesis matrices, {term: L (q × p)} on ``fit.fixed_names``."""
+    """Type-III hypothesis matrices, {term: L (q × p)} on ``fit.fixed_names``.
+
+    As lmerTest's ``get_contrasts_type3``: a model with at most one term besides the
+    intercept (or at most one column in X) gets the type-I basis of
+    :func:`type1_contrasts` — the same hypothesis (the term's row space is the same),
+    but Satterthwaite's F denominator df (one ν per eigen-direction of LΦL', combined
+    by Fai & Cornelius) depends on the basis, so it is lmerTest's.
+    """
     terms, has_intercept, kinds = _term_info(fit)
     if not terms:
         return {}
+    if len(terms) <= 1 or len(fit.fixed_names) <= 1:
+        return type1_contrasts(fit)
     design = fit.internals.design
     spec = design.fixed_spec
     try:
@@ -195,6 +210,61 @@ def type3_contrasts(fit) -> dict:
         Lc = _type3_for_term(Lgen.copy(), term_cols, other)
         out[name] = Lc[:, is_coef]
     return out
+
+
+def type1_contrasts(fit) -> dict:
+    """Type-I (sequential) hypothesis matrices, {term: L (q × p)} on ``fit.fixed_names``.
+
+    As lmerTest's ``get_contrasts_type1``: the rows, for each term's columns of X, of
+    ``t(doolittle(X'X)$L)`` — the unit upper-triangular factor U of X'X = U'DU (``[[1]]``
+    when X has one column).
+    """
+    terms, _, _ = _term_info(fit)
+    X = fit.internals.design.X
+    p = X.shape[1]
+    if p == 0:
+        return {str(t): np.zeros((0, 0)) for t in terms}
+    if p == 1:
+        L = np.ones((1, 1))
+    else:
+        XtX = X.T @ X
+        XtX = np.asarray(XtX.todense() if hasattr(XtX, "todense") else XtX, dtype=float)  # dense-ok: p × p
+        L = doolittle(XtX)[0].T
+    col_term = _fixed_column_terms(fit)
+    return {str(t): L[[c for c in range(p) if col_term[c] == str(t)]] for t in terms}
+
+
+def _fixed_column_terms(fit) -> list:
+    """The term (formulaic's name, "(Intercept)" for 1) of each of ``fit.fixed_names``."""
+    spec = fit.internals.design.fixed_spec
+    names = [r_name(c) for c in spec.column_names]
+    term_of = {}
+    for t, sl in spec.term_slices.items():
+        for c in range(sl.start, sl.stop):
+            term_of[names[c]] = "(Intercept)" if str(t) == "1" else str(t)
+    return [term_of[n] for n in fit.fixed_names]
+
+
+def doolittle(x: np.ndarray, eps: float = DOOLITTLE_EPS) -> tuple:
+    """(L, U) with x = L U, L unit lower-triangular, as lmerTest's ``doolittle``.
+
+    No pivoting; a pivot |U_ii| < ``eps`` leaves column i of L zero below the
+    diagonal, and entries of L and U with |·| < ``eps`` are set to zero at the end.
+    """
+    x = np.asarray(x, dtype=float)
+    n = x.shape[0]
+    if x.ndim != 2 or x.shape[1] != n or n < 2:
+        raise ValueError("doolittle: x must be a square matrix of order 2 or more")
+    L = np.eye(n)
+    U = np.zeros((n, n))
+    for i in range(n):
+        U[i] = x[i] - L[i, :i] @ U[:i]
+        if i + 1 < n:
+            col = x[i + 1:, i] - L[i + 1:, :i] @ U[:i, i]
+            L[i + 1:, i] = 0.0 if abs(U[i, i]) < eps else col / U[i, i]
+    L[np.abs(L) < eps] = 0.0
+    U[np.abs(U) < eps] = 0.0
+    return L, U
 
 
 def _type3_for_term(L: np.ndarray, term_cols: list, other_cols: list) -> np.ndarray:
