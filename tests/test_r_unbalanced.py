@@ -40,8 +40,8 @@ RTOL_VCOV_ADJ = 5e-5
 RTOL_DF_KR = 1e-4
 #: Satterthwaite df: coefficients, emmeans, contrasts (achieved 3.0e-5)
 RTOL_DF_SATTERTHWAITE = 5e-4
-#: Satterthwaite denominator df of the type-III F tests (achieved 3.9e-6 where lmerTest uses
-#: type-III contrasts; rcbd_missing is an expected failure, see test_anova_satterthwaite)
+#: Satterthwaite denominator df of the F tests (achieved 3.9e-6; rcbd_missing 9.1e-7 with
+#: lmerTest's type-I basis for its one-term model)
 RTOL_ANOVA_DDF_SATTERTHWAITE = 4e-5
 #: F values and t ratios (achieved 4.3e-6)
 RTOL_STAT = 5e-5
@@ -192,19 +192,11 @@ def test_anova_kenward_roger(name):
     _compare_anova(fit, ref["anova_kr"], "kenward-roger", RTOL_DF_KR)
 
 
-_RCBD_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "lmerTest's anova(type = 3) falls back to type-I contrasts (rows of the Doolittle factor "
-    "of X'X) when the model has one fixed term, and the Satterthwaite F ddf (Fai-Cornelius: "
-    "one nu per eigenvector of L Phi L') depends on the basis of the hypothesis, not only on "
-    "its row space; mme uses its type-III basis. yield ~ K2O_lbac + (1|rep) with two plots "
-    "missing: den df 6.088902 (mme) vs 6.089314 (lmerTest), rel 6.8e-5 (17x the 3.9e-6 "
-    "achieved elsewhere); p 0.0232479 vs 0.0232448 (rel 1.3e-4). F agrees to 4e-7 and the KR "
-    "ddf (basis-invariant) to 1.3e-8. With lmerTest's basis mme gives 6.089320 "
-    "(test_rcbd_satterthwaite_ddf_in_lmertest_basis)."))
+# lmerTest's anova(type = 3) uses type-I (Doolittle) contrasts for a one-term model and the
+# Satterthwaite F ddf depends on the basis; mme follows it (inference.anova.type1_contrasts).
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_RCBD_XFAIL) if n == "rcbd_missing" else n
-                                  for n in CASES])
+@pytest.mark.parametrize("name", list(CASES))
 def test_anova_satterthwaite(name):
     ref, fit = _case(name)
     _compare_anova(fit, ref["anova_satterthwaite"], "satterthwaite", RTOL_ANOVA_DDF_SATTERTHWAITE)
@@ -233,7 +225,8 @@ def test_rcbd_satterthwaite_ddf_in_lmertest_basis():
     want = _as_list(ref["anova_satterthwaite"]["dendf"])[0]
     assert fai_cornelius(Lt) == pytest.approx(want, rel=RTOL_ANOVA_DDF_SATTERTHWAITE)
     own = fit.anova(df_method="satterthwaite")["den_df"].iloc[0]
-    assert fai_cornelius(np.eye(len(names))[1:]) == pytest.approx(own, rel=1e-10)
+    # mme's anova uses lmerTest's basis for a one-term model (6.089320 vs the identity rows' 6.088902)
+    assert fai_cornelius(Lt) == pytest.approx(own, rel=1e-10)
 
 
 # --------------------------------------------------------------------------- emmeans --

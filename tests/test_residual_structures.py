@@ -329,3 +329,152 @@ def test_structured_residual_bad_input_and_limits():
     assert list(k.variance_components.estimate) == [1.0, 1.0, 4.0, 16.0]
     with pytest.raises(mme.DataError, match="3 × 3"):
         mme.fit("y ~ site + (1|g)", df, residual="by(site)", variances={"g": 1.0, "Residual": 2.0})
+
+
+# ------------------------------------------------ correlated effects (covary) --
+def _maternal(seed=11, n_found=40, n_calves=360):
+    """A pedigree with direct + maternal genetic effects (G₀ = [[20, −4], [−4, 9]] ⊗ A), a
+    maternal permanent environment (3) and residual (15); 10% of the records have an
+    unknown dam (coded 0): those calves have no maternal effects."""
+    rng = np.random.default_rng(seed)
+    G0 = np.array([[20.0, -4.0], [-4.0, 9.0]])
+    ids = list(range(1, n_found + 1))
+    sires, dams = [0] * n_found, [0] * n_found
+    bv = {i: rng.multivariate_normal([0, 0], G0) for i in ids}
+    females = [i for i in ids if i % 2 == 0]
+    males = [i for i in ids if i % 2 == 1]
+    for k in range(n_calves):
+        c = n_found + k + 1
+        s_, d_ = int(rng.choice(males)), int(rng.choice(females))
+        bv[c] = 0.5 * (bv[s_] + bv[d_]) + rng.multivariate_normal([0, 0], 0.5 * G0)
+        ids.append(c), sires.append(s_), dams.append(d_)
+        (females if c % 2 == 0 else males).append(c)
+    ped = pd.DataFrame({"id": ids, "sire": sires, "dam": dams})
+    calves = ped[ped.id > n_found]
+    n = len(calves)
+    herd = rng.integers(0, 4, n)
+    dam = calves["dam"].to_numpy()
+    pe = {d_: rng.normal(0, np.sqrt(3.0)) for d_ in set(dam)}
+    y = (30 + 2.0 * herd + np.array([bv[a][0] for a in calves["id"]])
+         + np.array([bv[d_][1] + pe[d_] for d_ in dam]) + rng.normal(0, np.sqrt(15.0), n))
+    dam_rec = dam.copy()
+    dam_rec[rng.random(n) < 0.1] = 0           # dam not recorded
+    return ped, pd.DataFrame({"animal": calves["id"].to_numpy(), "dam": dam_rec,
+                              "dam_pe": np.where(dam_rec > 0, dam_rec.astype(str), "none"),
+                              "herd": herd.astype(str), "bw": y})
+
+
+def test_mrode_7_1_maternal_known_variances():
+    d = json.loads((DATA / "mrode" / "mrode_7_1_maternal.json").read_text())
+    ped = mme.Pedigree.from_frame(pd.DataFrame({k: d["pedigree"][k] for k in ("id", "sire", "dam")}))
+    rec = pd.DataFrame(d["records"]).astype({"herd": str, "pen": str})
+    rec["dam_pe"] = rec["dam"].astype(str)
+    fit = mme.fit("bw ~ 0 + pen + herd + (1|animal) + (1|dam) + (1|dam_pe)", rec,
+                  relmat={"animal": ped, "dam": ped}, covary={"genetic": ["animal", "dam"]},
+                  variances={"genetic": d["G0"], "dam_pe": 40, "Residual": 350})
+    fe = fit.fixed_effects["estimate"]
+    # R's coding pen1, pen2, herd2, herd3 is the book's constraint herd 1 = 0
+    exp = d["expected"]
+    np.testing.assert_allclose([fe["pen1"], fe["pen2"]], exp["pen"], atol=ATOL_MRODE)
+    np.testing.assert_allclose([fe["herd2"], fe["herd3"]], exp["herd_book_constraint"][1:],
+                               atol=ATOL_MRODE)
+    re = fit.random_effects.set_index(["group", "term", "level"])["blup"]
+    ids = [str(i) for i in d["pedigree"]["id"]]
+    np.testing.assert_allclose(re.loc[[("genetic", "animal", i) for i in ids]],
+                               exp["direct_blup"], atol=ATOL_MRODE)
+    np.testing.assert_allclose(re.loc[[("genetic", "dam", i) for i in ids]],
+                               exp["maternal_blup"], atol=ATOL_MRODE)
+    pe = exp["maternal_pe_blup"]
+    np.testing.assert_allclose(re.loc[[("dam_pe", "(Intercept)", k) for k in pe]],
+                               list(pe.values()), atol=ATOL_MRODE)
+    vc = fit.variance_components
+    assert [tuple(r) for r in vc[["group", "term1", "term2"]].itertuples(index=False)][:3] == [
+        ("genetic", "animal", ""), ("genetic", "dam", ""), ("genetic", "animal", "dam")]
+
+
+@pytest.mark.parametrize("method", ["REML", "ML"])
+def test_maternal_reml_with_unknown_dams_matches_dense(method):
+    pedf, rec = _maternal()
+    ped = mme.Pedigree.from_frame(pedf)
+    design = mme.build_design("bw ~ herd + (1|animal) + (1|dam) + (1|dam_pe)", rec,
+                              relmat={"animal": ped, "dam": ped},
+                              covary={"genetic": ["animal", "dam"]})
+    # every record kept; a row with dam 0 has no maternal effect
+    assert design.n == len(rec)
+    blk = design.blocks[0]
+    assert blk.group == "genetic" and blk.terms == ("animal", "dam") and blk.d == 2
+    Zdam = blk.Z[:, blk.n_levels:]
+    unknown = rec["dam"].to_numpy() == 0
+    assert np.all(np.asarray(Zdam.sum(axis=1)).ravel()[unknown] == 0)
+    assert np.all(np.asarray(Zdam.sum(axis=1)).ravel()[~unknown] == 1)
+    system = mme.build_mme(design)
+    G0 = np.array([[20.0, -4.0], [-4.0, 9.0]])
+    theta = system.theta_of([G0, np.array([[3.0]])], np.array([[15.0]]))
+    dense = Dense(system, method)
+    ev = Likelihood(system, method).evaluate(theta)
+    assert abs(ev.loglik - dense.loglik(theta)) < ATOL_LOGLIK
+    g = dense.gradient(theta)
+    assert np.abs(ev.score - g).max() < RTOL_SCORE * max(np.abs(g).max(), 1.0)
+    A = dense.ai(theta)
+    assert np.abs(ev.AI - A).max() < RTOL_AI * np.abs(A).max()
+
+
+def test_covary_bad_input():
+    pedf, rec = _maternal()
+    ped = mme.Pedigree.from_frame(pedf)
+    f = "bw ~ herd + (1|animal) + (1|dam) + (1|dam_pe)"
+    with pytest.raises(mme.FormulaError, match="sire"):
+        mme.fit(f, rec, relmat={"animal": ped, "dam": ped}, covary={"g": ["animal", "sire"]})
+    with pytest.raises(mme.FormulaError, match="share one relationship"):
+        mme.fit(f, rec, relmat={"animal": ped}, covary={"g": ["animal", "dam"]})
+    with pytest.raises(mme.FormulaError, match="two or more"):
+        mme.fit(f, rec, relmat={"animal": ped, "dam": ped}, covary={"g": ["animal"]})
+    with pytest.raises(mme.DataError, match="'genetic'.*2 × 2"):
+        mme.fit(f, rec, relmat={"animal": ped, "dam": ped}, covary={"genetic": ["animal", "dam"]},
+                variances={"genetic": 1.0, "dam_pe": 1.0, "Residual": 1.0})
+    with pytest.raises(mme.DataError, match="'genetic'.*positive"):
+        mme.fit(f, rec, relmat={"animal": ped, "dam": ped}, covary={"genetic": ["animal", "dam"]},
+                variances={"genetic": [[1, 2], [2, 1]], "dam_pe": 1.0, "Residual": 1.0})
+
+
+def test_maternal_reml_estimate_is_the_dense_optimum():
+    pedf, rec = _maternal()
+    ped = mme.Pedigree.from_frame(pedf)
+    design = mme.build_design("bw ~ herd + (1|animal) + (1|dam) + (1|dam_pe)", rec,
+                              relmat={"animal": ped, "dam": ped},
+                              covary={"genetic": ["animal", "dam"]})
+    system = mme.build_mme(design)
+    est = mme.estimate(system)
+    fit = mme.assemble(est)
+    assert not fit.singular
+    assert est.converged
+    se = fit.variance_components["std_error"].to_numpy()
+    g = Dense(system).gradient(est.theta)
+    free = ~est.at_bound
+    assert np.all((np.abs(g) * np.nan_to_num(se, nan=0.0))[free] < ATOL_STATIONARY), (g, se)
+
+
+def test_per_trait_heritability_and_genetic_correlation():
+    fit = mme.fit("cbind(y1, y2) ~ 0 + trait + trait:x + (0 + trait | sire)", _sire_bivariate())
+    vc = fit.variance_components.set_index(["group", "term1", "term2"])["estimate"]
+    for t in ("y1", "y2"):
+        h = fit.heritability("sire", f"trait{t}")
+        g, r = vc[("sire", f"trait{t}", "")], vc[("Residual", t, "")]
+        assert abs(h["estimate"] - g / (g + r)) < 1e-14
+        assert 0 < h["std_error"] < 1
+    rg = fit.genetic_correlation("sire")
+    assert list(rg[["term1", "term2"]].iloc[0]) == ["traity1", "traity2"]
+    c = vc[("sire", "traity1", "traity2")]
+    r = c / np.sqrt(vc[("sire", "traity1", "")] * vc[("sire", "traity2", "")])
+    assert abs(rg["estimate"].iloc[0] - r) < 1e-14
+    # delta method = the variance of r by a numerical gradient through the same AI⁻¹
+    theta = fit.variance_components["estimate"].to_numpy()
+
+    def corr(th):
+        return th[2] / np.sqrt(th[0] * th[1])
+    grad = np.array([(corr(theta + h) - corr(theta - h)) / 2e-7
+                     for h in np.eye(len(theta)) * 1e-7])
+    se = np.sqrt(grad @ fit.internals.vcov_theta_ai @ grad)
+    assert abs(rg["std_error"].iloc[0] - se) < 1e-6 * se
+    with pytest.raises(mme.UnknownTermError, match="traity1"):
+        fit.heritability("sire")

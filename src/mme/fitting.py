@@ -38,7 +38,7 @@ SINGULAR_TOL = 1e-6
 
 def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict | None = None,
         relmat: dict | None = None, residual: str | None = None, weights: str | None = None,
-        ordering: str = "auto", max_iter: int = 200, verbose: bool = False,
+        covary: dict | None = None, ordering: str = "auto", max_iter: int = 200, verbose: bool = False,
         dense_blas_threads: int | None = 1) -> Fit:
     """Fit a linear mixed model by REML (default) or ML.
 
@@ -68,6 +68,10 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict 
         residual variance per level of a column). Default σ²ₑ I.
     weights : str, optional
         Column of prior weights: Var(eᵢ) = σ²ₑ / wᵢ (lme4's ``weights=``).
+    covary : dict, optional
+        ``{"genetic": ["animal", "dam"]}``: random terms over one relationship matrix
+        joined into one block with an unstructured G₀ (direct–maternal covariance);
+        ``variances={"genetic": [[150, -40], [-40, 90]], ...}``.
     ordering : str
         CHOLMOD's fill-reducing ordering ("default", "amd", "metis", "nesdis", ...);
         "auto" (the default): AMD for models with a relationship matrix, CHOLMOD's
@@ -90,7 +94,8 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict 
     if method not in METHODS:
         raise OptionError(f"method must be 'REML' or 'ML', got {method!r}")
     with dense_blas_threads_(dense_blas_threads):
-        design = build_design(formula, data, relmat, residual=residual, weights=weights)
+        design = build_design(formula, data, relmat, residual=residual, weights=weights,
+                              covary=covary)
         mme = build_mme(design, ordering=ordering)
         est = estimate(mme, method=method, variances=variances, max_iter=max_iter,
                        verbose=verbose)

@@ -280,18 +280,28 @@ class Fit:
         return pd.DataFrame(rows)
 
     def heritability(self, group: str, term: str = "(Intercept)") -> pd.Series:
-        """σ²_group / (Σ variances + σ²ₑ) with a delta-method SE from AI⁻¹.
+        """σ²_group,term / (sum of the variances) with a delta-method SE from AI⁻¹.
 
-        The denominator sums every variance in ``variance_components`` (for
-        models with random slopes, interpret with care: it ignores covariances
-        and the scale of the slope variables).
+        Univariate fits: the denominator sums every variance in ``variance_components``
+        (for random slopes, interpret with care: it ignores covariances and the scale
+        of the slope variables). Multi-trait fits (``cbind``): per trait — ``term`` is
+        the trait's term (``"traitWWG"``) and the denominator sums that trait's
+        variances (every group's ``traitWWG`` variance and the residual's ``WWG``).
         """
         vc = self._vc_table
-        var_rows = np.flatnonzero((vc["term2"] == "").to_numpy())
-        sel = np.flatnonzero(((vc["group"] == group) & (vc["term1"] == term)
-                              & (vc["term2"] == "")).to_numpy())
+        variance = (vc["term2"] == "").to_numpy()
+        sel = np.flatnonzero(((vc["group"] == group) & (vc["term1"] == term)).to_numpy()
+                             & variance)
         if len(sel) != 1:
-            raise UnknownTermError(f"no variance for group {group!r}, term {term!r} in variance_components")
+            terms = sorted(set(vc.loc[(vc["group"] == group).to_numpy() & variance, "term1"]))
+            raise UnknownTermError(f"no variance for group {group!r}, term {term!r} in "
+                                   f"variance_components (that group's terms: {terms})")
+        res = self.internals.mme.residual
+        if res.factor == "trait" and term.startswith("trait") and term[5:] in res.levels:
+            same = (vc["term1"] == term) | ((vc["group"] == "Residual") & (vc["term1"] == term[5:]))
+            var_rows = np.flatnonzero(variance & same.to_numpy())
+        else:
+            var_rows = np.flatnonzero(variance)
         theta = vc["estimate"].to_numpy()
         total = theta[var_rows].sum()
         h2 = theta[sel[0]] / total
@@ -299,7 +309,39 @@ class Fit:
         grad[var_rows] = -theta[sel[0]] / total ** 2
         grad[sel[0]] += 1.0 / total
         se = float(np.sqrt(grad @ self.internals.vcov_theta_ai @ grad))
-        return pd.Series({"estimate": h2, "std_error": se}, name=f"h2({group})")
+        return pd.Series({"estimate": h2, "std_error": se}, name=f"h2({group}, {term})")
+
+    def genetic_correlation(self, group: str) -> pd.DataFrame:
+        """Correlations between the terms of one random group (traits of a multi-trait
+        animal term, direct and maternal effects of a ``covary`` block):
+        r = G₀[a, b] / √(G₀[a, a] G₀[b, b]) with delta-method SEs from AI⁻¹.
+
+        Returns a DataFrame with columns ``term1, term2, estimate, std_error``.
+        """
+        vc = self._vc_table
+        rows = np.flatnonzero((vc["group"] == group).to_numpy())
+        if not rows.size:
+            raise UnknownTermError(f"no random group {group!r} (groups: "
+                                   f"{sorted(set(vc['group']))})")
+        var = {vc["term1"].iloc[i]: i for i in rows if vc["term2"].iloc[i] == ""}
+        theta = vc["estimate"].to_numpy()
+        out = []
+        for i in rows:
+            t1, t2 = vc["term1"].iloc[i], vc["term2"].iloc[i]
+            if t2 == "":
+                continue
+            a, b = var[t1], var[t2]
+            denom = np.sqrt(theta[a] * theta[b])
+            r = theta[i] / denom
+            grad = np.zeros(len(theta))
+            grad[i] = 1.0 / denom
+            grad[a] = -0.5 * r / theta[a]
+            grad[b] = -0.5 * r / theta[b]
+            se = float(np.sqrt(max(grad @ self.internals.vcov_theta_ai @ grad, 0.0)))
+            out.append((t1, t2, r, se))
+        if not out:
+            raise UnknownTermError(f"group {group!r} has a single term: no correlation")
+        return pd.DataFrame(out, columns=["term1", "term2", "estimate", "std_error"])
 
     # -- criteria --------------------------------------------------------------
     @property

@@ -201,7 +201,7 @@ def _compute(fit, trace_method, n_probes, seed, exact_max_q) -> KenwardRoger:
     # Φ (Σ 𝒲ᵢⱼ (Qᵢⱼ − PᵢΦPⱼ)) Φ = Σ 𝒲ᵢⱼ Ãᵢ' P Ãⱼ
     At = []
     for sl, a, s in blocks:
-        At.append(-(s.block.Z @ (a @ F[p + sl.start:p + sl.stop])))
+        At.append(-(mme.block_Z(s) @ (a @ F[p + sl.start:p + sl.stop])))
     At.append((mme.W @ F) / s2e)
     A = np.hstack(At)                                       # n × k·p
     B = mme.W.T @ A

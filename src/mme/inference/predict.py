@@ -69,6 +69,9 @@ def predict(fit, newdata: pd.DataFrame | None = None, include_random: bool = Tru
     if not isinstance(newdata, pd.DataFrame):
         raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
     terms = parse_formula(fit.formula).random if include_random else ()
+    if design.residual.factor == "trait" or (include_random and len(terms) != len(fit.blocks)):
+        raise OptionError("predict(newdata) is not available yet for multi-response "
+                          "(cbind) or covary fits; fitted() gives the fitted values")
     needed = _needed_columns(design.fixed_spec, terms)
     missing = [c for c in needed if c not in newdata.columns]
     if missing:

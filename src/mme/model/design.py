@@ -8,6 +8,7 @@ that are linear combinations of earlier ones are dropped and reported, as R's
 """
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -18,10 +19,13 @@ import pandas as pd
 import scipy.sparse as sp
 from formulaic import Formula
 
-from .._errors import DataError, DroppedRowsWarning, FormulaError, NotPositiveDefiniteError
+from .._errors import (DataError, DroppedRowsWarning, FormulaError, InternalError,
+                       NotPositiveDefiniteError)
 from .formula import ModelFormula, RandomTerm, parse_formula
 from .ids import normalize_ids
 from .residual import ResidualStructure, parse_residual, residual_structure
+
+log = logging.getLogger("mme")
 
 #: A column of X is aliased when the squared norm of its residual on the kept
 #: columns before it is below ALIAS_TOL × its squared norm. R's lm uses 1e-7 on the
@@ -252,6 +256,10 @@ def group_codes(data: pd.DataFrame, factors: tuple) -> tuple:
     return codes.astype(np.int64), pd.Index(labels, dtype=object)
 
 
+#: a value of a relmat term's column meaning "not known" (with NA): a pedigree's
+#: default unknown-parent codes (``Pedigree.missing_tokens`` when it has them)
+UNKNOWN_TOKENS = ("", "0", "NA")
+
 #: K⁻¹ given as (levels, Kinv) must equal its transpose to this × its largest |entry|
 KINV_SYMMETRY_TOL = 1e-10
 
@@ -309,12 +317,22 @@ def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict) -> RandomB
     if term.group in relmat:
         if len(term.factors) != 1:
             raise FormulaError(f"relmat needs a single grouping column, got {term.group!r}")
-        levels, Kinv, logdet, Kdiag = _relmat_parts(relmat[term.group], term.group)
-        codes = levels.get_indexer(normalize_ids(data[term.factors[0]]))
-        if (codes < 0).any():
-            bad = pd.unique(normalize_ids(data[term.factors[0]])[codes < 0])
+        rel = relmat[term.group]
+        levels, Kinv, logdet, Kdiag = _relmat_parts(rel, term.group)
+        ids = normalize_ids(data[term.factors[0]])
+        codes = levels.get_indexer(ids)
+        # an unknown level (missing, or a pedigree's unknown-parent token such as 0: a
+        # dam that is not known) gives the row no effect of this term; the row is kept
+        tokens = {normalize_ids(t) for t in getattr(rel, "missing_tokens", UNKNOWN_TOKENS)}
+        unknown = (codes < 0) & np.array([v is None or v in tokens for v in ids], dtype=bool)
+        bad_mask = (codes < 0) & ~unknown
+        if bad_mask.any():
+            bad = pd.unique(ids[bad_mask])
             raise DataError(f"{len(bad)} {term.group!r} value(s) in the data are not in its "
                             f"relationship matrix / pedigree, e.g. {list(bad[:5])}")
+        if unknown.any():
+            log.info("%d rows have no known %r (missing or an unknown-parent code): no %r "
+                     "effect for them", int(unknown.sum()), term.factors[0], term.group)
     else:
         codes, levels = group_codes(data, term.factors)
         Kinv = sp.identity(len(levels), format="csc")
@@ -333,7 +351,9 @@ def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict) -> RandomB
             "variance are probably unidentifiable")
     rows = np.tile(np.arange(n, dtype=np.int64), d)
     cols = (np.repeat(np.arange(d, dtype=np.int64), n) * L) + np.tile(codes, d)
-    Z = sp.csc_matrix((T.T.ravel(), (rows, cols)), shape=(n, d * L))
+    vals = T.T.ravel()
+    known = np.tile(codes >= 0, d)
+    Z = sp.csc_matrix((vals[known], (rows[known], cols[known])), shape=(n, d * L))
     Z.eliminate_zeros()
     return RandomBlock(group=term.group, terms=names, levels=levels, Z=Z,
                        Kinv=Kinv, logdet_K=logdet, Kdiag=Kdiag,
@@ -342,7 +362,7 @@ def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict) -> RandomB
 
 def build_design(formula: str | ModelFormula, data: pd.DataFrame,
                  relmat: dict | None = None, residual: str | None = None,
-                 weights: str | None = None) -> Design:
+                 weights: str | None = None, covary: dict | None = None) -> Design:
     """Stage 1 of a fit: formula + data frame → y, sparse X, sparse Z blocks, R's structure.
 
     Parameters
@@ -362,6 +382,11 @@ def build_design(formula: str | ModelFormula, data: pd.DataFrame,
         ``"by(factor)"``: a residual variance per level of a column (``model.residual``).
     weights : str, optional
         Column of prior weights: Var(eᵢ) = σ²/wᵢ, as lme4's ``weights=``.
+    covary : dict, optional
+        ``{"genetic": ["animal", "dam"]}``: join random terms over one relationship
+        matrix into one block with an unstructured G₀ ⊗ K (direct–maternal models). A
+        row whose level of such a term is unknown (missing, or the pedigree's
+        unknown-parent code) gets no effect of it and is kept.
 
     Returns
     -------
@@ -384,11 +409,12 @@ def build_design(formula: str | ModelFormula, data: pd.DataFrame,
     for g in relmat:
         if g not in {t.group for t in mf.random}:
             raise FormulaError(f"relmat given for {g!r}, but the formula has no (… | {g}) term")
-    data = _drop_missing(data, cols + extra)
+    data = _drop_missing(data, [c for c in cols + extra if c not in _nullable(mf, relmat)])
     y = _response(data, mf.response)
     w = _weights(data, weights)
     X, names, aliased, spec = _fixed_matrix(mf, data)
-    blocks = tuple(_random_block(t, data, relmat) for t in mf.random)
+    blocks = _join_covarying(tuple(_random_block(t, data, relmat) for t in mf.random),
+                             covary, relmat)
     if kind == "scalar":
         res = residual_structure("scalar", None, len(y), weights=w)
     elif mf.multi_response:
@@ -401,6 +427,60 @@ def build_design(formula: str | ModelFormula, data: pd.DataFrame,
     return Design(formula=formula if isinstance(formula, str) else mf.text, y=y, X=X,
                   fixed_names=names, aliased=aliased, blocks=blocks, fixed_spec=spec,
                   data=data, residual=res)
+
+
+def _nullable(mf: ModelFormula, relmat: dict) -> set:
+    """Grouping columns of relmat terms used nowhere else: a missing value there means
+    an unknown level (no effect), not a row to drop."""
+    own = {t.factors[0] for t in mf.random if t.group in relmat and len(t.factors) == 1}
+    other = {mf.response} | set(_fixed_variables(mf.fixed))
+    for t in mf.random:
+        other |= set(term_variables(t.expr))
+        if t.group not in relmat:
+            other |= set(t.factors)
+    return own - other
+
+
+def _join_covarying(blocks: tuple, covary: dict | None, relmat: dict) -> tuple:
+    """Blocks named together in ``covary`` become one block: Z = [Z_a Z_b …] over the
+    shared levels and K, G₀ unstructured over all their terms."""
+    if not covary:
+        return blocks
+    if not isinstance(covary, dict):
+        raise FormulaError("covary must be a dict such as {'genetic': ['animal', 'dam']}")
+    by_group = {b.group: b for b in blocks}
+    taken, joined = {}, {}
+    for name, members in covary.items():
+        if isinstance(members, str) or len(members) < 2:
+            raise FormulaError(f"covary[{name!r}] must list two or more random terms, "
+                               f"got {members!r}")
+        absent = [m for m in members if m not in by_group]
+        if absent:
+            raise FormulaError(f"covary[{name!r}] names {absent}, which are not random terms "
+                               f"of the formula (its terms: {list(by_group)})")
+        twice = [m for m in members if m in taken]
+        if twice:
+            raise FormulaError(f"covary: {twice} already belong to {taken[twice[0]]!r}")
+        if name in by_group and name not in members:
+            raise FormulaError(f"covary: {name!r} is already the name of a random term")
+        rels = [relmat.get(m) for m in members]
+        if rels[0] is None or any(r is not rels[0] for r in rels):
+            raise FormulaError(f"covary[{name!r}]: {list(members)} must share one "
+                               "relationship matrix: pass the same object in relmat= for each")
+        parts = [by_group[m] for m in members]
+        if any(not parts[0].levels.equals(b.levels) for b in parts[1:]):
+            raise InternalError("covarying terms over one relationship with different levels")
+        scalar = all(b.d == 1 for b in parts)
+        terms = tuple(b.group if scalar else f"{b.group}:{t}" for b in parts for t in b.terms)
+        first = parts[0]
+        joined[members[0]] = RandomBlock(
+            group=name, terms=terms, levels=first.levels,
+            Z=sp.hstack([b.Z for b in parts], format="csc"), Kinv=first.Kinv,
+            logdet_K=first.logdet_K, Kdiag=first.Kdiag, k_is_identity=first.k_is_identity)
+        for m in members:
+            taken[m] = name
+    return tuple(joined[b.group] if b.group in joined else b
+                 for b in blocks if b.group not in taken or b.group in joined)
 
 
 #: the factor that indexes the responses of a ``cbind`` formula in the long form
