@@ -21,7 +21,7 @@ simulate <- function() {
 sim <- tempfile(fileext = ".csv")
 write.csv(simulate(), sim, row.names = FALSE)
 if ("--simulate" %in% commandArgs(trailingOnly = TRUE)) {
-  file.copy(sim, csv, overwrite = TRUE)
+  invisible(file.copy(sim, csv, overwrite = TRUE))
 } else if (!identical(readLines(sim), readLines(csv))) {
   stop(csv, " differs from the simulation")
 }
