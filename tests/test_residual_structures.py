@@ -26,6 +26,9 @@ ATOL_LOGLIK = 1e-10
 RTOL_SCORE = 1e-5
 #: AI from working variates vs dense ½ y'PVᵢPVⱼPy: achieved 8.7e-15
 RTOL_AI = 1e-12
+#: the same for the spatial ρ's, whose ∂V/∂ρ the oracle takes by central differences:
+#: achieved 6.6e-11 (the differences' own error)
+RTOL_AI_SPATIAL = 1e-8
 #: BLUE/BLUP and Var(β̂) vs dense GLS/BLUP at the estimate: achieved 4.6e-15
 RTOL_SOLUTION = 1e-12
 #: at the REML estimate the dense gradient is ≈ 0: max |∂ℓ/∂θ|·SE(θ) achieved 2.9e-5
@@ -478,3 +481,97 @@ def test_per_trait_heritability_and_genetic_correlation():
     assert abs(rg["std_error"].iloc[0] - se) < 1e-6 * se
     with pytest.raises(mme.UnknownTermError, match="traity1"):
         fit.heritability("sire")
+
+
+# ------------------------------------------------------ spatial AR1 ⊗ AR1 --
+def _field(seed=2, nc=8, nr=12, drop=(3, 40, 41), rho=(0.5, 0.3), s2=2.0):
+    """A field nc × nr with R = s2·AR1(ρc) ⊗ AR1(ρr), 20 genotypes, some plots lost."""
+    rng = np.random.default_rng(seed)
+    cc, rr = np.meshgrid(np.arange(1, nc + 1), np.arange(1, nr + 1), indexing="ij")
+    cc, rr = cc.ravel(), rr.ravel()
+    i, j = np.arange(nc), np.arange(nr)
+    R = s2 * np.kron(rho[0] ** np.abs(i[:, None] - i), rho[1] ** np.abs(j[:, None] - j))
+    e = rng.multivariate_normal(np.zeros(nc * nr), R)
+    gen = rng.integers(0, 20, nc * nr)
+    df = pd.DataFrame({"col": cc, "row": rr, "gen": gen, "x": rng.normal(size=nc * nr),
+                       "y": 10 + rng.normal(0, 1, 20)[gen] + e})
+    return df.drop(index=list(drop)).reset_index(drop=True)
+
+
+class DenseSpatial(Dense):
+    """V = Z G Z' + σ² AR1(ρc) ⊗ AR1(ρr) on the observed plots only (no augmentation)."""
+
+    def __init__(self, system, df, method="REML"):
+        d = system.design
+        self.system, self.method = system, method
+        self.X = d.X.toarray()
+        self.y = d.y
+        self.Zs = [b.Z.toarray() for b in d.blocks]
+        self.Ks = [np.linalg.inv(b.Kinv.toarray()) for b in d.blocks]
+        self.c, self.r = df["col"].to_numpy(), df["row"].to_numpy()
+
+    def V(self, theta):
+        G0s, phi = self.system.split(theta)
+        s2, rc, rr = phi
+        V = s2 * (rc ** np.abs(self.c[:, None] - self.c)) * (rr ** np.abs(self.r[:, None] - self.r))
+        for Z, K, G0 in zip(self.Zs, self.Ks, G0s):
+            V = V + Z @ np.kron(G0, K) @ Z.T
+        return V
+
+    def dV(self, theta, i, h=1e-6):
+        """∂V/∂θᵢ: V is not linear in ρ, so central differences (error ~h²)."""
+        e = np.zeros_like(theta)
+        e[i] = h
+        return (self.V(theta + e) - self.V(theta - e)) / (2 * h)
+
+
+@pytest.mark.parametrize("formula, drop, method", [
+    ("y ~ x + (1|gen)", (3, 40, 41), "REML"),
+    ("y ~ x", (3, 40, 41), "REML"),
+    ("y ~ x + (1|gen)", (), "REML"),
+    ("y ~ x + (1|gen)", (), "ML"),
+])
+def test_spatial_ar1_matches_dense(formula, drop, method):
+    df = _field(drop=drop)
+    system = mme.build_mme(mme.build_design(formula, df, residual="ar1(col):ar1(row)"))
+    assert system.n_aug == len(drop)
+    est = mme.estimate(system, method=method)
+    assert est.converged
+    lik = Likelihood(system, method)
+    dense = DenseSpatial(system, df, method)
+    G0s, phi = system.split(est.theta)
+    points = [est.theta, system.theta_of([G * 1.5 for G in G0s], [phi[0] * 0.7, -0.3, 0.6])]
+    for theta in points:
+        ev = lik.evaluate(theta)
+        assert abs(ev.loglik - dense.loglik(theta)) < ATOL_LOGLIK
+        g = dense.gradient(theta)
+        assert np.abs(ev.score - g).max() < RTOL_SCORE * max(np.abs(g).max(), 1.0), (ev.score, g)
+        A = dense.ai(theta)
+        assert np.abs(ev.AI - A).max() < RTOL_AI_SPATIAL * np.abs(A).max()
+    fit = mme.assemble(est)
+    se = fit.variance_components["std_error"].to_numpy()
+    assert np.all(np.abs(dense.gradient(est.theta)) * se < ATOL_STATIONARY)
+    vc = fit.variance_components
+    assert list(vc.term1[-3:]) == ["", "ar1(col)", "ar1(row)"]
+    # BLUE = dense GLS at θ̂; residuals only on the observed plots
+    V = dense.V(est.theta)
+    Vi = np.linalg.inv(V)
+    X = dense.X
+    beta = np.linalg.solve(X.T @ Vi @ X, X.T @ Vi @ dense.y)
+    assert np.abs(fit.beta - beta).max() < RTOL_SOLUTION * np.abs(beta).max()
+    assert fit.residuals().shape == (len(df),) and fit.nobs == len(df)
+    np.testing.assert_allclose(fit.marginal_covariance().toarray(), V, rtol=1e-12,
+                               atol=1e-12 * np.abs(V).max())
+
+
+def test_spatial_bad_input():
+    df = _field()
+    with pytest.raises(mme.OptionError, match="ML"):
+        mme.fit("y ~ x + (1|gen)", df, residual="ar1(col):ar1(row)", method="ML")
+    dup = pd.concat([df, df.iloc[[0]]], ignore_index=True)
+    with pytest.raises(mme.DataError, match="share the plot"):
+        mme.fit("y ~ x", dup, residual="ar1(col):ar1(row)")
+    with pytest.raises(mme.DataError, match="integers"):
+        mme.fit("y ~ x", df.assign(col=df.col + 0.5), residual="ar1(col):ar1(row)")
+    with pytest.raises(mme.FormulaError, match="plot|ar1"):
+        mme.fit("cbind(y, x) ~ 0 + trait", df, residual="ar1(col):ar1(row)")

@@ -128,7 +128,7 @@ def assemble(est: Estimate) -> Fit:
     theta_report = np.where(est.at_bound, 0.0, est.theta_reported)
     ev = est.evaluation
     internals = Internals(estimate=est, F=read_only(F), vcov_theta_ai=read_only(ai_inv))
-    return Fit(formula=design.formula, method=est.method, nobs=mme.n,
+    return Fit(formula=design.formula, method=est.method, nobs=design.n,
                fixed_names=design.fixed_names, aliased=design.aliased,
                beta=ev.solution[:p], vcov_beta=vcov_beta, df_method=df_method,
                _vc_table=_vc_table(mme, theta_report, np.where(se_mask, np.nan, se)),

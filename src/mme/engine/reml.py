@@ -27,6 +27,7 @@ import numpy as np
 from .._errors import ConvergenceWarning, NotPositiveDefiniteError, OptionError
 from ..model.covariance import is_positive_definite
 from ..model.design import ols_residuals
+from ..model.spatial import RHO_START
 from .system import MME
 
 log = logging.getLogger("mme")
@@ -105,6 +106,10 @@ class Likelihood:
         method = str(method).upper()
         if method not in METHODS:
             raise OptionError(f"method must be 'REML' or 'ML', got {method!r}")
+        if method == "ML" and mme.n_aug:
+            raise OptionError(f"method='ML' with {mme.n_aug} plot(s) of the field without a "
+                              "record is not exact (the missing plots are carried as flat "
+                              "unknowns, which is exact for REML only): use REML")
         self.mme = mme
         self.method = method
         self.sizes = mme.sizes
@@ -138,7 +143,7 @@ class Likelihood:
 
     def feasible(self, theta: np.ndarray) -> bool:
         G0s, R0 = self.split(theta)
-        return (is_positive_definite(R0, 1e-12) and np.all(np.diag(R0) > 0)
+        return (self.residual.feasible(R0)
                 and all(is_positive_definite(G, 1e-12) for G in G0s))
 
     # ---------------------------------------------------------------------
@@ -165,10 +170,11 @@ class Likelihood:
             Cxx = F[:p]
             m2ll += n * LOG2PI + np.linalg.slogdet(Cxx)[1]
         else:
-            m2ll += (n - p) * LOG2PI
+            m2ll += (n - mme.n_aug - p) * LOG2PI
         sw = res.sqrt_weights
+        resid = resid_w[:n - mme.n_aug] if mme.n_aug else resid_w
         ev = Evaluation(theta=np.array(theta, float), m2ll=float(m2ll), solution=sol,
-                        resid=resid_w if sw is None else resid_w / sw, S=[], Q=[], F=F,
+                        resid=resid if sw is None else resid / sw, S=[], Q=[], F=F,
                         resid_w=resid_w, Rinvs=Rinvs)
         if not derivatives:
             return ev
@@ -238,7 +244,7 @@ class Likelihood:
                 Ms = res.derivative_mats(ev.Rinvs, i)
                 tr_P = res.trace_rinv_dr(ev.Rinvs, i) - float(res.cell_weights(Ms) @ ev.T_cells)
                 score.append(-0.5 * (tr_P - res.unit_quadratic(e, Ms)))
-                wv.append(res.apply_dr(i, Re))
+                wv.append(res.apply_dr(i, Re, ev.Rinvs))
         return np.array(score), self._ai(np.column_stack(wv), ev)
 
     def _ai(self, Wv: np.ndarray, ev: Evaluation) -> np.ndarray:
@@ -273,7 +279,9 @@ class Likelihood:
         for s, S, Q in zip(mme.structures, ev.S, ev.Q):
             out.append(s.theta_of((Q + S) / s.L))
         e = ev.resid_w
-        if res.is_scalar:
+        if res.kind == "ar1ar1":
+            R_new = R0          # no EM update of the spatial parameters: G moves alone
+        elif res.is_scalar:
             p = 0 if self.method == "ML" else mme.p
             s2e = float(R0[0, 0])
             R_new = np.array([[(float(e @ e) + s2e * (p + self.q - ev.tr_CGinv)) / mme.n]])
@@ -409,7 +417,8 @@ def starting_values(model: Likelihood) -> np.ndarray:
     iteration 3 steps instead of 5–6 from the optimum (benchmarks/results_crossed.md).
     """
     mme = model.mme
-    X, y = mme.W[:, :mme.p], mme.y
+    n_obs = mme.n - mme.n_aug
+    X, y = mme.W[:n_obs, :mme.p], mme.y[:n_obs]
     r = ols_residuals(X, y)
     v = max(float(r @ r) / max(len(y) - X.shape[1], 1), 1e-8 * max(float(y @ y) / len(y), 1e-300))
     if not model.residual.is_scalar:
@@ -440,14 +449,15 @@ def _structured_starts(model: Likelihood, r: np.ndarray, v: float) -> np.ndarray
     R₀[c, c] is what is left of vᶜ (≥ 10%), off-diagonal elements 0.
     """
     mme, res = model.mme, model.residual
-    n, p = mme.n, mme.p
+    n, p = mme.n - mme.n_aug, mme.p
+    r = r[:n]
     scale = n / max(n - p, 1)
     floor = 1e-8 * v
     nb = len(mme.structures)
     explained = np.zeros(n)
     theta = []
     for s in mme.structures:
-        Z = mme.block_Z(s)
+        Z = mme.block_Z(s)[:n]
         g = _moment_variance(Z, r) if s.d == 1 and s.block.k_is_identity else None
         diag = []
         sums = []
@@ -462,6 +472,10 @@ def _structured_starts(model: Likelihood, r: np.ndarray, v: float) -> np.ndarray
         for a in range(s.d):
             explained += G0[a, a] * sums[a] ** 2
         theta.append(s.theta_of(G0))
+    if res.kind == "ar1ar1":
+        vc = max(float(np.mean(r ** 2)) * scale, floor)
+        s2 = max(vc - float(np.mean(explained)), 0.1 * vc)
+        return np.concatenate(theta + [np.array([s2, RHO_START, RHO_START])])
     R0 = np.zeros((res.t, res.t))
     for c, rows in enumerate(res.level_rows()):
         vc = max(float(np.mean(r[rows] ** 2)) * scale, floor)

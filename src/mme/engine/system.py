@@ -116,6 +116,14 @@ class MME:
         # prior weights folded into the data: W̃ = W^{1/2}[X Z], ỹ = W^{1/2}y
         self.W = design.W if sw is None else sp.csc_matrix(sp.diags(sw) @ design.W)
         self.y = design.y if sw is None else design.y * sw
+        # plots of a spatial grid without a record: rows y = 0 with an indicator column
+        # each (flat prior), appended after Z (``model.spatial``)
+        self.n_aug = self.residual.n_missing
+        if self.n_aug:
+            m, (n0, d0) = self.n_aug, self.W.shape
+            self.W = sp.bmat([[self.W, None], [None, sp.identity(m, format="csc")]],
+                             format="csc")
+            self.y = np.concatenate([self.y, np.zeros(m)])
         self.n, self.dim = self.W.shape
         self.p = design.p
         offset = self.p
@@ -137,7 +145,7 @@ class MME:
 
     def block_Z(self, s: BlockStructure):
         """Z̃ of one random block (weighted rows when there are prior weights)."""
-        if self.residual.weights is None:
+        if self.residual.weights is None and not self.n_aug:
             return s.block.Z
         return self.W[:, s.offset:s.offset + s.block.q]
 
@@ -148,6 +156,13 @@ class MME:
         if res.is_scalar:
             WtW = sp.tril(W.T @ W).tocoo()
             return [(WtW, W.T @ y, float(y @ y))]
+        if hasattr(res, "cell_matrices"):
+            out = []
+            for H in res.cell_matrices():
+                HW = H @ W
+                out.append((sp.tril(W.T @ HW).tocoo(), np.asarray(HW.T @ y).ravel(),
+                            float(y @ (H @ y))))
+            return out
         Wr = W.tocsr()
         out = []
         for pi, j, k in res.cells:
@@ -259,7 +274,9 @@ class MME:
         ``ensure``)."""
         self.theta = None
         data = self.C.data
-        R0 = np.atleast_2d(np.asarray(R0, dtype=float))
+        R0 = np.asarray(R0, dtype=float)
+        if self.residual.kind != "ar1ar1":
+            R0 = np.atleast_2d(R0)
         if self.residual.is_scalar:
             np.multiply(self.base, 1.0 / R0[0, 0], out=data)
         else:

@@ -24,6 +24,7 @@ from .._errors import (DataError, DroppedRowsWarning, FormulaError, InternalErro
 from .formula import ModelFormula, RandomTerm, parse_formula
 from .ids import normalize_ids
 from .residual import ResidualStructure, parse_residual, residual_structure
+from .spatial import spatial_residual
 
 log = logging.getLogger("mme")
 
@@ -400,8 +401,9 @@ def build_design(formula: str | ModelFormula, data: pd.DataFrame,
     if mf.multi_response:
         data = _long_form(mf, data)
     cols = _check_columns(mf, data, relmat)
-    extra = [c for c in (weights, rfactor if kind == "diag" and not mf.multi_response else None)
-             if c is not None and c not in cols]
+    named = [weights] + (list(rfactor) if kind == "ar1ar1" else
+                         [rfactor if kind == "diag" and not mf.multi_response else None])
+    extra = [c for c in named if c is not None and c not in cols]
     absent = [c for c in extra if c not in data.columns]
     if absent:
         raise FormulaError(f"column(s) {absent} named by weights=/residual= are not in the "
@@ -415,7 +417,11 @@ def build_design(formula: str | ModelFormula, data: pd.DataFrame,
     X, names, aliased, spec = _fixed_matrix(mf, data)
     blocks = _join_covarying(tuple(_random_block(t, data, relmat) for t in mf.random),
                              covary, relmat)
-    if kind == "scalar":
+    if kind == "ar1ar1":
+        if w is not None:
+            raise FormulaError("weights= with an ar1(col):ar1(row) residual is not supported")
+        res = spatial_residual(data, *rfactor)
+    elif kind == "scalar":
         res = residual_structure("scalar", None, len(y), weights=w)
     elif mf.multi_response:
         codes = data["trait"].cat.codes.to_numpy(np.int64)

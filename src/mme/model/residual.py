@@ -42,16 +42,24 @@ from .._errors import DataError, FormulaError
 #: the kinds of R₀
 KINDS = ("scalar", "diag", "us")
 _SPEC = re.compile(r"^\s*(us|diag|by)\s*\(\s*([A-Za-z_.][A-Za-z0-9_.]*)\s*\)\s*$")
+_AR1 = re.compile(r"^\s*ar1\s*\(\s*([A-Za-z_.][A-Za-z0-9_.]*)\s*\)\s*:\s*"
+                  r"ar1\s*\(\s*([A-Za-z_.][A-Za-z0-9_.]*)\s*\)\s*$")
 
 
 def parse_residual(spec: str | None, multi_response: bool) -> tuple:
     """(kind, factor) from ``residual=``: None, "us(trait)", "diag(trait)", "by(site)"."""
     if spec is None:
         return ("us", "trait") if multi_response else ("scalar", None)
+    a = _AR1.match(str(spec))
+    if a:
+        if multi_response:
+            raise FormulaError(f"residual={spec!r} is for one response per plot")
+        return "ar1ar1", (a.group(1), a.group(2))
     m = _SPEC.match(str(spec))
     if not m:
         raise FormulaError(f"residual={spec!r} is not understood; use 'us(trait)', "
-                           "'diag(trait)' (multi-response cbind formulas) or 'by(factor)'")
+                           "'diag(trait)' (multi-response cbind formulas), 'by(factor)' or "
+                           "'ar1(col):ar1(row)'")
     kind, factor = m.group(1), m.group(2)
     if kind == "by":
         kind = "diag"
@@ -145,6 +153,15 @@ class ResidualStructure:
     def variance_mask(self) -> np.ndarray:
         return np.array([a == b for a, b in self.pairs])
 
+    @property
+    def n_missing(self) -> int:
+        """Rows carried as extra unknowns (spatial grids only)."""
+        return 0
+
+    def feasible(self, R0: np.ndarray) -> bool:
+        from .covariance import is_positive_definite
+        return bool(np.all(np.diag(R0) > 0)) and is_positive_definite(R0, 1e-12)
+
     def log_scale_mask(self) -> np.ndarray:
         """Variances of a scalar or diagonal R₀ are stepped on the log scale; an
         unstructured R₀ stays linear (positive definiteness is checked as a whole)."""
@@ -203,7 +220,7 @@ class ResidualStructure:
             total += float(np.einsum("uj,jk,uk->", blk, M, blk))
         return total
 
-    def apply_dr(self, i: int, v: np.ndarray) -> np.ndarray:
+    def apply_dr(self, i: int, v: np.ndarray, state=None) -> np.ndarray:
         """(∂R/∂φᵢ) v for an n-vector (weighted scale)."""
         E = self.E(i)
         out = np.zeros_like(v)
