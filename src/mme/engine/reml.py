@@ -473,9 +473,11 @@ def _structured_starts(model: Likelihood, r: np.ndarray, v: float) -> np.ndarray
             explained += G0[a, a] * sums[a] ** 2
         theta.append(s.theta_of(G0))
     if res.kind == "ar1ar1":
-        vc = max(float(np.mean(r ** 2)) * scale, floor)
-        s2 = max(vc - float(np.mean(explained)), 0.1 * vc)
-        return np.concatenate(theta + [np.array([s2, RHO_START, RHO_START])])
+        phi = []
+        for rows in res.field_rows():
+            vc = max(float(np.mean(r[rows] ** 2)) * scale, floor)
+            phi += [max(vc - float(np.mean(explained[rows])), 0.1 * vc), RHO_START, RHO_START]
+        return np.concatenate(theta + [np.array(phi)])
     R0 = np.zeros((res.t, res.t))
     for c, rows in enumerate(res.level_rows()):
         vc = max(float(np.mean(r[rows] ** 2)) * scale, floor)

@@ -401,7 +401,7 @@ def build_design(formula: str | ModelFormula, data: pd.DataFrame,
     if mf.multi_response:
         data = _long_form(mf, data)
     cols = _check_columns(mf, data, relmat)
-    named = [weights] + (list(rfactor) if kind == "ar1ar1" else
+    named = [weights] + ([c for c in rfactor if c] if kind == "ar1ar1" else
                          [rfactor if kind == "diag" and not mf.multi_response else None])
     extra = [c for c in named if c is not None and c not in cols]
     absent = [c for c in extra if c not in data.columns]
@@ -420,7 +420,7 @@ def build_design(formula: str | ModelFormula, data: pd.DataFrame,
     if kind == "ar1ar1":
         if w is not None:
             raise FormulaError("weights= with an ar1(col):ar1(row) residual is not supported")
-        res = spatial_residual(data, *rfactor)
+        res = spatial_residual(data, rfactor[0], rfactor[1], by=rfactor[2])
     elif kind == "scalar":
         res = residual_structure("scalar", None, len(y), weights=w)
     elif mf.multi_response:

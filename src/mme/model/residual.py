@@ -42,6 +42,9 @@ from .._errors import DataError, FormulaError
 #: the kinds of R₀
 KINDS = ("scalar", "diag", "us")
 _SPEC = re.compile(r"^\s*(us|diag|by)\s*\(\s*([A-Za-z_.][A-Za-z0-9_.]*)\s*\)\s*$")
+_BY_AR1 = re.compile(r"^\s*by\s*\(\s*([A-Za-z_.][A-Za-z0-9_.]*)\s*,\s*ar1\s*\(\s*"
+                     r"([A-Za-z_.][A-Za-z0-9_.]*)\s*\)\s*:\s*ar1\s*\(\s*"
+                     r"([A-Za-z_.][A-Za-z0-9_.]*)\s*\)\s*\)\s*$")
 _AR1 = re.compile(r"^\s*ar1\s*\(\s*([A-Za-z_.][A-Za-z0-9_.]*)\s*\)\s*:\s*"
                   r"ar1\s*\(\s*([A-Za-z_.][A-Za-z0-9_.]*)\s*\)\s*$")
 
@@ -51,10 +54,12 @@ def parse_residual(spec: str | None, multi_response: bool) -> tuple:
     if spec is None:
         return ("us", "trait") if multi_response else ("scalar", None)
     a = _AR1.match(str(spec))
-    if a:
+    b = _BY_AR1.match(str(spec))
+    if a or b:
         if multi_response:
             raise FormulaError(f"residual={spec!r} is for one response per plot")
-        return "ar1ar1", (a.group(1), a.group(2))
+        return ("ar1ar1", (a.group(1), a.group(2), None) if a
+                else (b.group(2), b.group(3), b.group(1)))
     m = _SPEC.match(str(spec))
     if not m:
         raise FormulaError(f"residual={spec!r} is not understood; use 'us(trait)', "

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from .._errors import DataError, FormulaError
@@ -65,28 +66,43 @@ def _ar1(rho: float, n: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Field:
+    """One field's grid: ``rows`` (its rows, observed then missing plots, in the MME's
+    row order) and the grid index c·n_r + r of each."""
+
+    level: str
+    n_c: int
+    n_r: int
+    rows: np.ndarray = field(repr=False)
+    grid: np.ndarray = field(repr=False)
+
+    @property
+    def N(self) -> int:
+        return self.n_c * self.n_r
+
+
+@dataclass(frozen=True)
 class SpatialResidual:
-    """σ² AR1(ρ_c) ⊗ AR1(ρ_r) over one field; rows = observed plots, then missing ones.
+    """σ² AR1(ρ_c) ⊗ AR1(ρ_r) per field (one field, or one per level of ``by``); rows =
+    the observed plots in data order, then each field's missing plots.
 
     Build it with :func:`spatial_residual`.
     """
 
     factors: tuple                # (column coordinate, row coordinate) column names
+    by: str | None                # the field factor of by(site, ...), else None
     n_obs: int                    # records
-    n_c: int
-    n_r: int
-    grid_of_row: np.ndarray = field(repr=False)   # (N,) grid index c·n_r + r of each row
+    fields: tuple = field(repr=False)   # of Field
     kind: str = "ar1ar1"
     weights: None = None
     sqrt_weights: None = None
     logdet_weights: float = 0.0
-    pairs: tuple = ((0, 0), (1, 1), (2, 2))
     factor: str | None = None
 
     # -- shape ---------------------------------------------------------------
     @property
     def N(self) -> int:
-        return self.n_c * self.n_r
+        return sum(f.N for f in self.fields)
 
     @property
     def n(self) -> int:
@@ -94,12 +110,16 @@ class SpatialResidual:
 
     @property
     def n_missing(self) -> int:
-        """Plots of the rectangle without a record (carried as unknowns)."""
+        """Plots of the rectangles without a record (carried as unknowns)."""
         return self.N - self.n_obs
 
     @property
     def n_params(self) -> int:
-        return 3
+        return 3 * len(self.fields)
+
+    @property
+    def pairs(self) -> tuple:
+        return tuple((i, i) for i in range(self.n_params))
 
     @property
     def is_scalar(self) -> bool:
@@ -111,11 +131,17 @@ class SpatialResidual:
 
     @property
     def levels(self) -> tuple:
-        return ("",)
+        return tuple(f.level for f in self.fields)
 
     def names(self) -> list:
         c, r = self.factors
-        return [("", ""), (f"ar1({c})", ""), (f"ar1({r})", "")]
+        out = []
+        for f in self.fields:
+            if self.by is None:
+                out += [("", ""), (f"ar1({c})", ""), (f"ar1({r})", "")]
+            else:
+                out += [(f.level, ""), (f.level, f"ar1({c})"), (f.level, f"ar1({r})")]
+        return out
 
     # -- parameters ----------------------------------------------------------
     def R0(self, phi) -> np.ndarray:
@@ -123,31 +149,38 @@ class SpatialResidual:
 
     def theta_of(self, R0) -> np.ndarray:
         out = np.asarray(R0, dtype=float).ravel()
-        if out.shape != (3,):
+        if out.shape != (self.n_params,):
             raise DataError("variances['Residual'] of an ar1(col):ar1(row) residual is "
-                            f"(σ², ρ_col, ρ_row), got {out.tolist()}")
+                            "(σ², ρ_col, ρ_row) per field, "
+                            f"{self.n_params} numbers; got {out.tolist()}")
         return out.copy()
 
+    def _split(self, phi):
+        return np.asarray(phi, dtype=float).reshape(len(self.fields), 3)
+
     def feasible(self, R0) -> bool:
-        s2, rc, rr = R0
-        return s2 > 0 and abs(rc) < RHO_MAX and abs(rr) < RHO_MAX
+        P = self._split(R0)
+        return bool(np.all(P[:, 0] > 0) and np.all(np.abs(P[:, 1:]) < RHO_MAX))
 
     def variance_mask(self) -> np.ndarray:
-        return np.array([True, False, False])
+        return np.tile([True, False, False], len(self.fields))
 
     def log_scale_mask(self) -> np.ndarray:
-        return np.array([True, False, False])
+        return self.variance_mask()
 
-    # -- the 9 cells ----------------------------------------------------------
+    # -- the 9 cells per field ------------------------------------------------
     def cell_matrices(self) -> list:
-        """Bᵢ^c ⊗ Bⱼ^r in row order (N × N sparse), i, j = end, interior, off-diagonal."""
-        g = self.grid_of_row
-        Bc, Br = _basis(self.n_c), _basis(self.n_r)
+        """Bᵢ^c ⊗ Bⱼ^r of each field in the MME's row order (N × N sparse)."""
         out = []
-        for A in Bc:
-            for B in Br:
-                K = sp.kron(A, B, format="csr")
-                out.append(sp.csr_matrix(K[g][:, g]))
+        for f in self.fields:
+            Bc, Br = _basis(f.n_c), _basis(f.n_r)
+            for A in Bc:
+                for B in Br:
+                    K = sp.kron(A, B, format="coo")
+                    inv = np.empty(f.N, dtype=np.int64)
+                    inv[f.grid] = f.rows
+                    out.append(sp.csr_matrix((K.data, (inv[K.row], inv[K.col])),
+                                             shape=(self.N, self.N)))
         return out
 
     def pattern_inverses(self, R0) -> np.ndarray:
@@ -155,33 +188,40 @@ class SpatialResidual:
         return np.asarray(R0, dtype=float)
 
     def rinv_cells(self, phi) -> np.ndarray:
-        s2, rc, rr = phi
-        return np.outer(_f(rc), _f(rr)).ravel() / s2
+        return np.concatenate([np.outer(_f(rc), _f(rr)).ravel() / s2
+                               for s2, rc, rr in self._split(phi)])
 
     def _dcells(self, phi, i: int) -> np.ndarray:
         """∂r/∂φᵢ (the coefficients of ∂H/∂φᵢ)."""
-        s2, rc, rr = phi
-        if i == 0:
-            return -np.outer(_f(rc), _f(rr)).ravel() / s2 ** 2
-        if i == 1:
-            return np.outer(_df(rc), _f(rr)).ravel() / s2
-        return np.outer(_f(rc), _df(rr)).ravel() / s2
+        k, j = divmod(i, 3)
+        s2, rc, rr = self._split(phi)[k]
+        out = np.zeros(9 * len(self.fields))
+        if j == 0:
+            d = -np.outer(_f(rc), _f(rr)).ravel() / s2 ** 2
+        elif j == 1:
+            d = np.outer(_df(rc), _f(rr)).ravel() / s2
+        else:
+            d = np.outer(_f(rc), _df(rr)).ravel() / s2
+        out[9 * k:9 * k + 9] = d
+        return out
 
     def logdet(self, phi) -> float:
-        s2, rc, rr = phi
         if not self.feasible(phi):
             return np.inf
-        return (self.N * np.log(s2) + self.n_r * (self.n_c - 1) * np.log1p(-rc * rc)
-                + self.n_c * (self.n_r - 1) * np.log1p(-rr * rr))
+        return float(sum(f.N * np.log(s2) + f.n_r * (f.n_c - 1) * np.log1p(-rc * rc)
+                         + f.n_c * (f.n_r - 1) * np.log1p(-rr * rr)
+                         for f, (s2, rc, rr) in zip(self.fields, self._split(phi))))
 
     def trace_rinv_dr(self, phi, i: int) -> float:
         """tr(R⁻¹ ∂R/∂φᵢ) = ∂ log|R| / ∂φᵢ."""
-        s2, rc, rr = phi
-        if i == 0:
-            return self.N / s2
-        if i == 1:
-            return -2.0 * rc * self.n_r * (self.n_c - 1) / (1.0 - rc * rc)
-        return -2.0 * rr * self.n_c * (self.n_r - 1) / (1.0 - rr * rr)
+        k, j = divmod(i, 3)
+        f = self.fields[k]
+        s2, rc, rr = self._split(phi)[k]
+        if j == 0:
+            return f.N / s2
+        if j == 1:
+            return -2.0 * rc * f.n_r * (f.n_c - 1) / (1.0 - rc * rc)
+        return -2.0 * rr * f.n_c * (f.n_r - 1) / (1.0 - rr * rr)
 
     # R⁻¹(∂R/∂φ)R⁻¹ = −∂H/∂φ: the "M" of the generic formulas is −ṙ over the cells
     def derivative_mats(self, phi, i: int) -> np.ndarray:
@@ -190,19 +230,19 @@ class SpatialResidual:
     def cell_weights(self, Ms) -> np.ndarray:
         return np.asarray(Ms)
 
-    def _H(self, coef) -> sp.csr_matrix:
-        mats = self._mats()
-        H = mats[0] * coef[0]
-        for c, M in zip(coef[1:], mats[1:]):
-            H = H + M * c
-        return sp.csr_matrix(H)
-
     def _mats(self) -> list:
         cache = self.__dict__.get("_cell_cache")
         if cache is None:
             cache = self.cell_matrices()
             object.__setattr__(self, "_cell_cache", cache)
         return cache
+
+    def _H(self, coef) -> sp.csr_matrix:
+        H = None
+        for c, M in zip(coef, self._mats()):
+            if c != 0.0:
+                H = M * c if H is None else H + M * c
+        return sp.csr_matrix((self.N, self.N)) if H is None else sp.csr_matrix(H)
 
     def apply_rinv(self, phi, V: np.ndarray) -> np.ndarray:
         return self._H(self.rinv_cells(phi)) @ V
@@ -214,21 +254,18 @@ class SpatialResidual:
         return A.T @ (self._H(Ms) @ A)
 
     def apply_R(self, phi, v: np.ndarray) -> np.ndarray:
-        """R v = σ² (Σ_c ⊗ Σ_r) v through the grid (Kronecker, no N × N matrix)."""
-        s2, rc, rr = phi
-        g = self.grid_of_row
-        out = np.empty_like(v)
+        """R v = ⊕ σ² (Σ_c ⊗ Σ_r) v field by field (Kronecker, no N × N matrix)."""
         single = v.ndim == 1
         V = v[:, None] if single else v
-        res = np.empty_like(V)
-        Sc, Sr = _ar1(rc, self.n_c), _ar1(rr, self.n_r)
-        for k in range(V.shape[1]):
-            grid = np.zeros(self.N)
-            grid[g] = V[:, k]
-            G = grid.reshape(self.n_c, self.n_r)
-            res[:, k] = (s2 * (Sc @ G @ Sr)).ravel()[g]
-        out = res[:, 0] if single else res
-        return out
+        out = np.zeros_like(V, dtype=float)
+        for f, (s2, rc, rr) in zip(self.fields, self._split(phi)):
+            Sc, Sr = _ar1(rc, f.n_c), _ar1(rr, f.n_r)
+            for k in range(V.shape[1]):
+                grid = np.zeros(f.N)
+                grid[f.grid] = V[f.rows, k]
+                G = grid.reshape(f.n_c, f.n_r)
+                out[f.rows, k] = (s2 * (Sc @ G @ Sr)).ravel()[f.grid]
+        return out[:, 0] if single else out
 
     def apply_dr(self, i: int, v: np.ndarray, phi=None) -> np.ndarray:
         """(∂R/∂φᵢ) v = −R (∂H/∂φᵢ) R v."""
@@ -236,39 +273,63 @@ class SpatialResidual:
         return -self.apply_R(phi, self._H(self._dcells(phi, i)) @ Rv)
 
     def covariance_rows(self, phi, idx: np.ndarray):
-        """R[idx, idx] over observed rows (dense small block, returned sparse)."""
-        s2, rc, rr = phi
-        g = self.grid_of_row[np.asarray(idx, dtype=np.int64)]
-        ci, ri = np.divmod(g, self.n_r)
-        R = s2 * (rc ** np.abs(ci[:, None] - ci[None, :])) * (rr ** np.abs(ri[:, None] - ri[None, :]))
+        """R[idx, idx] over observed rows (block-diagonal over fields), sparse."""
+        idx = np.asarray(idx, dtype=np.int64)
+        field_of, gpos = np.full(self.N, -1), np.zeros(self.N, dtype=np.int64)
+        for k, f in enumerate(self.fields):
+            field_of[f.rows] = k
+            gpos[f.rows] = f.grid
+        P = self._split(phi)
+        fk = field_of[idx]
+        R = np.zeros((idx.size, idx.size))
+        for k, f in enumerate(self.fields):
+            sel = np.flatnonzero(fk == k)
+            if not sel.size:
+                continue
+            s2, rc, rr = P[k]
+            ci, ri = np.divmod(gpos[idx[sel]], f.n_r)
+            R[np.ix_(sel, sel)] = (s2 * rc ** np.abs(ci[:, None] - ci[None, :])
+                                   * rr ** np.abs(ri[:, None] - ri[None, :]))
         return sp.csc_matrix(R)
 
-    def observed_rows(self) -> np.ndarray:
-        return np.arange(self.n_obs, dtype=np.int64)
+    def field_rows(self) -> list:
+        """Observed rows of each field (for starting values)."""
+        return [f.rows[f.rows < self.n_obs] for f in self.fields]
 
 
-def spatial_residual(data, col: str, row: str) -> SpatialResidual:
-    """The grid of a field from the integer coordinates of its records."""
+def spatial_residual(data, col: str, row: str, by: str | None = None) -> SpatialResidual:
+    """The grid of each field (one, or one per level of ``by``) from the integer plot
+    coordinates of its records."""
     coords = []
     for name in (col, row):
-        v = data[name]
-        x = np.asarray(v, dtype=float)
+        x = np.asarray(data[name], dtype=float)
         if not np.all(np.isfinite(x)) or np.any(x != np.round(x)):
             raise DataError(f"spatial coordinate column {name!r} must hold integers "
                             "(plot positions)")
         coords.append(x.astype(np.int64))
-    c, r = coords
-    c0, r0 = c - c.min(), r - r.min()
-    n_c, n_r = int(c0.max()) + 1, int(r0.max()) + 1
-    if n_c < 2 or n_r < 2:
-        raise FormulaError(f"ar1({col}):ar1({row}) needs at least 2 positions in each "
-                           f"direction; the field is {n_c} × {n_r}")
-    g = c0 * n_r + r0
-    uniq, counts = np.unique(g, return_counts=True)
-    if np.any(counts > 1):
-        bad = uniq[counts > 1][0]
-        raise DataError(f"two records share the plot ({col}={int(bad // n_r + c.min())}, "
-                        f"{row}={int(bad % n_r + r.min())}): one record per plot")
-    missing = np.setdiff1d(np.arange(n_c * n_r), g)
-    return SpatialResidual(factors=(col, row), n_obs=len(g), n_c=n_c, n_r=n_r,
-                           grid_of_row=np.concatenate([g, missing]).astype(np.int64))
+    if by is None:
+        codes, levels = np.zeros(len(data), dtype=np.int64), [""]
+    else:
+        codes, levels = pd.factorize(data[by], sort=True)
+        levels = [str(v) for v in levels]
+    fields, n_obs, next_row = [], len(data), len(data)
+    for k, level in enumerate(levels):
+        obs = np.flatnonzero(codes == k)
+        c, r = coords[0][obs], coords[1][obs]
+        c0, r0 = c - c.min(), r - r.min()
+        n_c, n_r = int(c0.max()) + 1, int(r0.max()) + 1
+        where = f" in {by}={level}" if by is not None else ""
+        if n_c < 2 or n_r < 2:
+            raise FormulaError(f"ar1({col}):ar1({row}) needs at least 2 positions in each "
+                               f"direction; the field{where} is {n_c} × {n_r}")
+        g = c0 * n_r + r0
+        uniq, counts = np.unique(g, return_counts=True)
+        if np.any(counts > 1):
+            bad = uniq[counts > 1][0]
+            raise DataError(f"two records share the plot ({col}={int(bad // n_r + c.min())}, "
+                            f"{row}={int(bad % n_r + r.min())}){where}: one record per plot")
+        missing = np.setdiff1d(np.arange(n_c * n_r), g)
+        rows = np.concatenate([obs, next_row + np.arange(missing.size)]).astype(np.int64)
+        next_row += missing.size
+        fields.append(Field(level, n_c, n_r, rows, np.concatenate([g, missing]).astype(np.int64)))
+    return SpatialResidual(factors=(col, row), by=by, n_obs=n_obs, fields=tuple(fields))
