@@ -6,6 +6,9 @@ kfert_caterpillar.png          block BLUPs of the seed's RCBD, yield ~ K2O_lbac 
 kfert_marginal_covariance.png  V = ZGZ' + R of its 15 plots
 animal_caterpillar.png         EBVs of the 469 animals of python -m mme.examples.animal
 animal_marginal_covariance.png V of 45 records of that model (3 herds, half-sibs adjacent)
+field_map.png                  residuals on the field of python -m mme.examples.field, fitted
+                               with AR1 ⊗ AR1 residuals (yield ~ rep + (1|gen))
+field_variogram.png            their sample semivariogram beside the fitted one
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mme  # noqa: E402
 from mme import plot  # noqa: E402
 from mme.examples.animal import FORMULA, load_animal  # noqa: E402
+from mme.examples.field import FORMULA as FIELD_FORMULA, load_field  # noqa: E402
 from mme.examples.rcbd import load_kfert  # noqa: E402
 
 DPI = 110
@@ -36,6 +40,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent))
     out = Path(ap.parse_args(argv).out)
     out.mkdir(parents=True, exist_ok=True)
+
+    field = mme.fit(FIELD_FORMULA, load_field(), residual="ar1(col):ar1(row)")
+    _save(plot.field_map(field), out / "field_map.png")
+    axes = plot.variogram(field, max_lag=8)
+    _save(axes[0], out / "field_variogram.png")
 
     kfert = mme.fit("yield ~ K2O_lbac + (1|rep)", load_kfert())
     ax = plot.caterpillar(kfert, "rep")

@@ -625,3 +625,44 @@ def test_spatial_per_site_matches_dense():
         ("B", ""), ("B", "ar1(col)"), ("B", "ar1(row)")]
     se = vc["std_error"].to_numpy()
     assert np.all(np.abs(g) * se < ATOL_STATIONARY)
+
+
+def test_field_pictures_show_the_residuals():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    from mme import plot
+    df = _field()
+    fit = mme.fit("y ~ x + (1|gen)", df, residual="ar1(col):ar1(row)")
+    e = fit.residuals()
+    ax = plot.field_map(fit)
+    grid = ax.images[0].get_array()
+    # plot (col, row) sits at [row − 1, col − 1]; lost plots are blank
+    for k in (0, 17, len(df) - 1):
+        assert grid[df.row[k] - 1, df.col[k] - 1] == pytest.approx(e[k], abs=1e-12)
+    assert int(np.ma.count_masked(np.ma.masked_invalid(grid))) == 3
+    axes = plot.variogram(fit, max_lag=3)
+    sample = axes[0].images[0].get_array()
+    # lag (hc = 1, hr = 0): plot pairs in adjacent columns of the same row
+    c, r = df.col.to_numpy(), df.row.to_numpy()
+    pairs = [(i, j) for i in range(len(df)) for j in range(i + 1, len(df))
+             if abs(c[i] - c[j]) == 1 and r[i] == r[j]]
+    want = np.mean([0.5 * (e[i] - e[j]) ** 2 for i, j in pairs])
+    assert sample[0, 1] == pytest.approx(want, rel=1e-12)
+    fitted = axes[1].images[0].get_array()
+    _, phi = fit.internals.mme.split(fit.internals.theta)
+    assert fitted[2, 1] == pytest.approx(phi[0] * (1 - phi[1] * phi[2] ** 2), rel=1e-12)
+    with pytest.raises(mme.OptionError, match="col= and row="):
+        plot.field_map(mme.fit("y ~ x", df))
+
+
+def test_field_example_recovers_the_simulation():
+    from mme.examples.field import FORMULA, TRUE, load_field
+    df = load_field()
+    fit = mme.fit(FORMULA, df, residual="ar1(col):ar1(row)")
+    vc = fit.variance_components.set_index(["group", "term1"])
+    for key, truth in (("gen", ("gen", "(Intercept)")), ("sigma2", ("Residual", "")),
+                       ("rho_col", ("Residual", "ar1(col)")), ("rho_row", ("Residual", "ar1(row)"))):
+        est, se = vc.loc[truth, ["estimate", "std_error"]]
+        assert abs(est - TRUE[key]) < 3 * se, (key, est, se)
+    assert fit.aic < mme.fit(FORMULA, df).aic - 50

@@ -3,6 +3,8 @@
 - :func:`marginal_covariance`: V = ZGZ' + R of chosen rows as an image — the block
   pattern shows which observations the random terms make covariant.
 - :func:`caterpillar`: BLUPs of one term, sorted, with ± z·√cond_var intervals.
+- :func:`field_map`: residuals on the field (rows × columns).
+- :func:`variogram`: the residuals' sample semivariogram beside the fitted AR1 ⊗ AR1 one.
 
 Each function draws on ``ax`` (a new figure when None) and returns the Axes.
 """
@@ -167,3 +169,108 @@ def caterpillar(fit, group: str, term: str = "(Intercept)", level: float = 0.95,
     ax.grid(axis="x", color="0.9", lw=0.6)
     ax.set_axisbelow(True)
     return ax
+
+
+# -- field trials ------------------------------------------------------------------
+def _field_coordinates(fit, col, row, site):
+    """(col, row) of the fitted rows (one field: ``site`` level or all), their residuals,
+    and the fitted spatial parameters (σ², ρc, ρr) of that field when the fit has them."""
+    design = fit.internals.design
+    res = design.residual
+    if col is None or row is None:
+        if res.kind != "ar1ar1":
+            raise OptionError("give col= and row= (the plot coordinate columns): the fit has "
+                              "no ar1(col):ar1(row) residual to take them from")
+        col, row = res.factors
+    data = design.data
+    for c in (col, row):
+        if c not in data.columns:
+            raise UnknownTermError(f"no column {c!r} in the fitted data")
+    keep = np.ones(len(data), bool)
+    k = 0
+    if site is not None:
+        by = res.by if res.kind == "ar1ar1" else None
+        if by is None:
+            raise OptionError("site= needs a fit with residual='by(site, ar1(col):ar1(row))'")
+        levels = list(res.levels)
+        if str(site) not in levels:
+            raise UnknownTermError(f"no field {site!r}; fields are {levels}")
+        k = levels.index(str(site))
+        keep = (data[by].astype(str) == str(site)).to_numpy()
+    elif res.kind == "ar1ar1" and len(res.fields) > 1:
+        raise OptionError(f"the fit has {len(res.fields)} fields: choose one with site=")
+    phi = None
+    if res.kind == "ar1ar1":
+        _, R0 = fit.internals.mme.split(fit.internals.theta_reported)
+        phi = np.reshape(R0, (-1, 3))[k]
+    c = data[col].to_numpy(dtype=float)[keep]
+    r = data[row].to_numpy(dtype=float)[keep]
+    return c, r, fit.residuals()[keep], phi, (col, row)
+
+
+def field_map(fit, col=None, row=None, site=None, ax=None, cmap="RdBu_r"):
+    """The residuals on the field: a rows × columns heat map (empty plots left blank).
+
+    Parameters
+    ----------
+    fit : mme.Fit
+    col, row : str, optional
+        Plot coordinate columns (default: those of the fit's ``ar1(col):ar1(row)``).
+    site : optional
+        The field of a ``by(site, ar1(col):ar1(row))`` fit.
+    """
+    c, r, e, _, (cn, rn) = _field_coordinates(fit, col, row, site)
+    c0, r0 = (c - c.min()).astype(int), (r - r.min()).astype(int)
+    grid = np.full((r0.max() + 1, c0.max() + 1), np.nan)
+    grid[r0, c0] = e
+    ax = _new_axes(ax, (1.5 + 0.35 * grid.shape[1], 1.2 + 0.3 * grid.shape[0]))
+    vmax = float(np.nanmax(np.abs(grid)))
+    img = ax.imshow(grid, cmap=cmap, vmin=-vmax, vmax=vmax, origin="lower",
+                    extent=(c.min() - 0.5, c.max() + 0.5, r.min() - 0.5, r.max() + 0.5),
+                    interpolation="nearest")
+    ax.figure.colorbar(img, ax=ax, shrink=0.8, label="residual")
+    ax.set_xlabel(cn)
+    ax.set_ylabel(rn)
+    ax.set_title("residuals on the field" + (f" ({site})" if site is not None else ""))
+    return ax
+
+
+def variogram(fit, col=None, row=None, site=None, max_lag=None, axes=None):
+    """The sample semivariogram of the residuals beside the fitted one (ASReml's plot).
+
+    Sample: γ̂(hc, hr) = mean of ½(eᵢ − eⱼ)² over plot pairs at column lag hc and row
+    lag hr. Fitted (separable AR1): γ(hc, hr) = σ²(1 − ρc^hc ρr^hr). Both are drawn as
+    heat maps over the lags (up to ``max_lag`` in each direction, default 10).
+
+    Returns the two Axes.
+    """
+    c, r, e, phi, (cn, rn) = _field_coordinates(fit, col, row, site)
+    L = int(max_lag or 10)
+    hc = np.abs(c[:, None] - c[None, :]).astype(int)
+    hr = np.abs(r[:, None] - r[None, :]).astype(int)
+    d2 = 0.5 * (e[:, None] - e[None, :]) ** 2
+    upper = np.triu(np.ones_like(d2, dtype=bool), 1) & (hc <= L) & (hr <= L)
+    tot = np.zeros((L + 1, L + 1))
+    cnt = np.zeros((L + 1, L + 1))
+    np.add.at(tot, (hr[upper], hc[upper]), d2[upper])
+    np.add.at(cnt, (hr[upper], hc[upper]), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sample = np.where(cnt > 0, tot / cnt, np.nan)
+    if axes is None:
+        plt = _pyplot()
+        _, axes = plt.subplots(1, 2, figsize=(9.5, 4.2), layout="constrained")
+    vmax = float(np.nanmax(sample))
+    panels = [("sample semivariogram", sample)]
+    if phi is not None:
+        s2, rc, rr = phi
+        i = np.arange(L + 1)
+        panels.append(("fitted σ²(1 − ρc^hc ρr^hr)", s2 * (1.0 - np.outer(rr ** i, rc ** i))))
+        vmax = max(vmax, float(np.max(panels[1][1])))
+    for ax, (title, G) in zip(axes, panels):
+        img = ax.imshow(G, origin="lower", cmap="viridis", vmin=0.0, vmax=vmax,
+                        interpolation="nearest")
+        ax.set_xlabel(f"lag in {cn}")
+        ax.set_ylabel(f"lag in {rn}")
+        ax.set_title(title)
+    axes[-1].figure.colorbar(img, ax=list(axes), shrink=0.8, label="semivariance")
+    return axes
