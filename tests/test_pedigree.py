@@ -179,6 +179,7 @@ def test_inbreeding_equals_diag_A_minus_1(simulated):
                                rtol=0, atol=TOL_F_DENSE)
 
 
+@pytest.mark.slow          # dense inverse of a 3,500-animal A: ~4-10 s
 def test_ainverse_equals_inverse_of_tabular_A(simulated):
     _, _, ped, A = simulated
     Ainv = ped.ainverse()
@@ -212,6 +213,7 @@ def test_mendelian_variances(simulated):
                                rtol=0, atol=TOL_MENDELIAN)
 
 
+@pytest.mark.slow          # a second pedigree of 3,500 animals, dense A⁻¹ blocks: ~2.5-5 s
 def test_shuffled_input_same_ainverse(simulated):
     df, _, ped, _ = simulated
     shuffled = df.sample(frac=1.0, random_state=7).reset_index(drop=True)
