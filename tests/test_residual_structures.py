@@ -29,6 +29,9 @@ RTOL_AI = 1e-12
 #: the same for the spatial ρ's, whose ∂V/∂ρ the oracle takes by central differences:
 #: achieved 6.6e-11 (the differences' own error)
 RTOL_AI_SPATIAL = 1e-8
+#: an FA fit whose specific variance ψₐ ends at its floor (a Heywood case): the
+#: convergence test then stops with the free parameters within 4.7e-4 SE (achieved)
+ATOL_STATIONARY_HEYWOOD = 2e-3
 #: BLUE/BLUP and Var(β̂) vs dense GLS/BLUP at the estimate: achieved 4.6e-15
 RTOL_SOLUTION = 1e-12
 #: at the REML estimate the dense gradient is ≈ 0: max |∂ℓ/∂θ|·SE(θ) achieved 2.9e-5
@@ -321,8 +324,6 @@ def test_structured_residual_bad_input_and_limits():
     with pytest.raises(mme.FormulaError, match="y3"):
         mme.fit("cbind(y1, y3) ~ 0 + trait", _sire_bivariate())
     fit = mme.fit("y ~ site + (1|g)", df, residual="by(site)")
-    with pytest.raises(mme.DfMethodError, match="structured residual"):
-        fit.emmeans("site", df_method="kenward-roger")
     # Satterthwaite df work on a structured residual
     em = fit.emmeans("site", df_method="satterthwaite").table
     assert np.all(np.isfinite(em["df"])) and len(em) == 3
@@ -666,3 +667,82 @@ def test_field_example_recovers_the_simulation():
         est, se = vc.loc[truth, ["estimate", "std_error"]]
         assert abs(est - TRUE[key]) < 3 * se, (key, est, se)
     assert fit.aic < mme.fit(FORMULA, df).aic - 50
+
+
+# ------------------------------------------- factor-analytic G₀ (FA(k)) --
+def _met(seed=4, ng=40, ne=5, psi=(0.1, 0.4)):
+    """Genotypes × environments with G₀ = ΛΛ' + Ψ (2 factors), 2 reps."""
+    rng = np.random.default_rng(seed)
+    lam = rng.normal(0, 1, (ne, 2)) * [1.2, 0.6]
+    G0 = lam @ lam.T + np.diag(rng.uniform(*psi, ne))
+    U = rng.multivariate_normal(np.zeros(ne), G0, ng)
+    df = pd.DataFrame([(g, e, r) for g in range(ng) for e in range(ne) for r in range(2)],
+                      columns=["gen", "env", "rep"])
+    df["env"] = pd.Categorical("E" + df.env.astype(str))
+    df["y"] = 10 + 0.5 * df.env.cat.codes + U[df.gen, df.env.cat.codes] + rng.normal(0, 1, len(df))
+    return df
+
+
+class DenseFA(Dense):
+    def dV(self, theta, i, h=1e-6):
+        e = np.zeros_like(theta)
+        e[i] = h
+        return (self.V(theta + e) - self.V(theta - e)) / (2 * h)
+
+
+@pytest.mark.parametrize("k, psi", [(1, (0.4, 0.9)), (2, (0.4, 0.9)), (2, (0.1, 0.4))])
+def test_factor_analytic_matches_dense_and_is_stationary(k, psi):
+    df = _met(ng=50, psi=psi)
+    f = "y ~ 0 + env + (0 + env | gen)"
+    system = mme.build_mme(mme.build_design(f, df, structure={"gen": f"fa({k})"}))
+    s = system.structures[0]
+    assert s.n_params == 5 * k - k * (k - 1) // 2 + 5
+    est = mme.estimate(system)
+    assert est.converged
+    dense = DenseFA(system)
+    lik = Likelihood(system, "REML")
+    for theta in (est.theta, est.theta * np.r_[np.full(s.n_params, 1.2), 0.8]):
+        ev = lik.evaluate(theta)
+        assert abs(ev.loglik - dense.loglik(theta)) < ATOL_LOGLIK
+        g = dense.gradient(theta)
+        assert np.abs(ev.score - g).max() < RTOL_SCORE * max(np.abs(g).max(), 1.0)
+        A = dense.ai(theta)
+        assert np.abs(ev.AI - A).max() < RTOL_AI_SPATIAL * np.abs(A).max()
+    g = dense.gradient(est.theta)
+    free = ~est.at_bound
+    fit = mme.assemble(est)
+    se = fit.variance_components["std_error"].to_numpy()
+    tol = ATOL_STATIONARY if free.all() else ATOL_STATIONARY_HEYWOOD
+    assert np.all((np.abs(g) * se)[free] < tol), (g, se)
+    # FA(k) is nested in the unstructured G₀: never a higher REML logLik
+    us = mme.fit(f, df)
+    assert fit.loglik <= us.loglik + 1e-6
+    fa = fit.factor_analytic("gen")
+    G = fa.G0.to_numpy()
+    np.testing.assert_allclose(G, fa.rotated_loadings.to_numpy() @ fa.rotated_loadings.to_numpy().T
+                               + np.diag(fa.specific_variances), rtol=1e-12, atol=1e-12)
+    R = fa.rotated_loadings.to_numpy()
+    RtR = R.T @ R
+    assert np.abs(RtR - np.diag(np.diag(RtR))).max() < 1e-10 * np.abs(RtR).max()
+    assert list(fit.variance_components.term2[:3]) == ["fa1"] * 3
+
+
+def test_factor_analytic_bad_input_and_biplot():
+    df = _met()
+    f = "y ~ 0 + env + (0 + env | gen)"
+    with pytest.raises(mme.FormulaError, match="fa\\(5\\)"):
+        mme.fit(f, df, structure={"gen": "fa(5)"})
+    with pytest.raises(mme.FormulaError, match="nope"):
+        mme.fit(f, df, structure={"nope": "fa(1)"})
+    with pytest.raises(mme.FormulaError, match="not understood"):
+        mme.fit(f, df, structure={"gen": "ar1"})
+    fit = mme.fit(f, df, structure={"gen": "fa(2)"})
+    with pytest.raises(mme.DfMethodError, match="factor-analytic"):
+        fit.emmeans("env", df_method="kenward-roger")
+    assert np.all(np.isfinite(fit.emmeans("env", df_method="satterthwaite").table["df"]))
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    from mme import plot
+    ax = plot.fa_biplot(fit, "gen")
+    assert len(ax.collections[0].get_offsets()) == 40

@@ -38,7 +38,7 @@ SINGULAR_TOL = 1e-6
 
 def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict | None = None,
         relmat: dict | None = None, residual: str | None = None, weights: str | None = None,
-        covary: dict | None = None, ordering: str = "auto", max_iter: int = 200, verbose: bool = False,
+        covary: dict | None = None, structure: dict | None = None, ordering: str = "auto", max_iter: int = 200, verbose: bool = False,
         dense_blas_threads: int | None = 1) -> Fit:
     """Fit a linear mixed model by REML (default) or ML.
 
@@ -72,6 +72,9 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict 
         ``{"genetic": ["animal", "dam"]}``: random terms over one relationship matrix
         joined into one block with an unstructured G₀ (direct–maternal covariance);
         ``variances={"genetic": [[150, -40], [-40, 90]], ...}``.
+    structure : dict, optional
+        ``{"gen": "fa(2)"}``: a factor-analytic G₀ = ΛΛ' + Ψ for that term (genotype ×
+        environment); see ``Fit.factor_analytic``.
     ordering : str
         CHOLMOD's fill-reducing ordering ("default", "amd", "metis", "nesdis", ...);
         "auto" (the default): AMD for models with a relationship matrix, CHOLMOD's
@@ -95,7 +98,7 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict 
         raise OptionError(f"method must be 'REML' or 'ML', got {method!r}")
     with dense_blas_threads_(dense_blas_threads):
         design = build_design(formula, data, relmat, residual=residual, weights=weights,
-                              covary=covary)
+                              covary=covary, structure=structure)
         mme = build_mme(design, ordering=ordering)
         est = estimate(mme, method=method, variances=variances, max_iter=max_iter,
                        verbose=verbose)
@@ -233,10 +236,8 @@ def _vc_table(mme: MME, theta: np.ndarray, se: np.ndarray) -> pd.DataFrame:
     """``variance_components``: group, term1, term2, estimate, std_error."""
     rows, i = [], 0
     for s in mme.structures:
-        for a, b in s.pairs:
-            t1, t2 = s.block.terms[a], s.block.terms[b]
-            rows.append((s.block.group, t1 if a == b else t2, "" if a == b else t1,
-                         theta[i], se[i]))
+        for t1, t2 in s.param_names():
+            rows.append((s.block.group, t1, t2, theta[i], se[i]))
             i += 1
     for t1, t2 in mme.residual.names():
         rows.append(("Residual", t1, t2, theta[i], se[i]))

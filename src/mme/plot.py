@@ -5,6 +5,8 @@
 - :func:`caterpillar`: BLUPs of one term, sorted, with ± z·√cond_var intervals.
 - :func:`field_map`: residuals on the field (rows × columns).
 - :func:`variogram`: the residuals' sample semivariogram beside the fitted AR1 ⊗ AR1 one.
+- :func:`fa_biplot`: an FA(k) G₀'s rotated loadings (environments, arrows) and the
+  genotypes' factor scores (points) on the first two factors.
 
 Each function draws on ``ax`` (a new figure when None) and returns the Axes.
 """
@@ -274,3 +276,32 @@ def variogram(fit, col=None, row=None, site=None, max_lag=None, axes=None):
         ax.set_title(title)
     axes[-1].figure.colorbar(img, ax=list(axes), shrink=0.8, label="semivariance")
     return axes
+
+
+def fa_biplot(fit, group: str, ax=None, label_levels: int = 10):
+    """Biplot of a factor-analytic term: environments as arrows at their rotated
+    loadings on factors 1 and 2, genotypes as points at their predicted factor scores
+    (scaled to the arrows' range); the ``label_levels`` most extreme genotypes named."""
+    fa = fit.factor_analytic(group)
+    R = fa.rotated_loadings.to_numpy()
+    if R.shape[1] < 2:
+        raise OptionError("a biplot needs fa(k) with k ≥ 2")
+    S = fa.scores.to_numpy()[:, :2]
+    scale = np.abs(R[:, :2]).max() / max(np.abs(S).max(), 1e-300)
+    ax = _new_axes(ax, (6.5, 6.0))
+    ax.scatter(S[:, 0] * scale, S[:, 1] * scale, s=12, color="0.5", alpha=0.7,
+               label="genotypes (scores)")
+    far = np.argsort(-np.hypot(S[:, 0], S[:, 1]))[:label_levels]
+    for i in far:
+        ax.annotate(str(fa.scores.index[i]), (S[i, 0] * scale, S[i, 1] * scale), fontsize=7,
+                    color="0.3")
+    for name, (x, y) in zip(fa.rotated_loadings.index, R[:, :2]):
+        ax.annotate("", (x, y), (0, 0), arrowprops=dict(arrowstyle="->", color="C3"))
+        ax.annotate(str(name), (x, y), color="C3", fontsize=9)
+    ax.axhline(0, color="0.8", lw=0.8)
+    ax.axvline(0, color="0.8", lw=0.8)
+    pct = 100 * (R[:, :2] ** 2).sum(axis=0) / np.trace(fa.G0.to_numpy())
+    ax.set_xlabel(f"factor 1 ({pct[0]:.0f}% of the genetic variance)")
+    ax.set_ylabel(f"factor 2 ({pct[1]:.0f}%)")
+    ax.set_title(f"FA biplot of '{group}': environments (arrows), genotypes (points)")
+    return ax

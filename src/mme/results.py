@@ -178,6 +178,27 @@ class Internals:
 
 
 @dataclass(frozen=True)
+class FactorAnalytic:
+    """An FA(k) G₀ = ΛΛ' + Ψ as ASReml reports it (``Fit.factor_analytic``).
+
+    ``loadings`` (terms × fa1…fak, as estimated: Λ's upper triangle 0),
+    ``rotated_loadings`` (Λ·V with Λ'Λ = V D V': orthogonal factors ordered by the
+    variance they explain, the largest |loading| of each positive),
+    ``specific_variances`` (ψ), ``G0`` (ΛΛ' + Ψ), ``correlations`` (of G0),
+    ``percent_explained`` (100·diag(ΛΛ')/diag(G0) per term), ``scores`` (the genotypes'
+    predicted rotated factor scores f̂ = (Λ*'G₀⁻¹ ⊗ I)û, levels × factors).
+    """
+
+    loadings: pd.DataFrame
+    rotated_loadings: pd.DataFrame
+    specific_variances: pd.Series
+    G0: pd.DataFrame
+    correlations: pd.DataFrame
+    percent_explained: pd.Series
+    scores: pd.DataFrame
+
+
+@dataclass(frozen=True)
 class RandomEffectsBlock:
     """The predicted effects of one random term (arrays d × L, read-only)."""
 
@@ -310,6 +331,42 @@ class Fit:
         grad[sel[0]] += 1.0 / total
         se = float(np.sqrt(grad @ self.internals.vcov_theta_ai @ grad))
         return pd.Series({"estimate": h2, "std_error": se}, name=f"h2({group}, {term})")
+
+    def factor_analytic(self, group: str) -> FactorAnalytic:
+        """Loadings, rotated loadings, specific variances, implied G₀ and correlations of
+        a term fitted with ``structure={group: "fa(k)"}``."""
+        mme = self.internals.mme
+        i = 0
+        for s, blk in zip(mme.structures, self.blocks):
+            if s.block.group == group:
+                break
+            i += s.n_params
+        else:
+            raise UnknownTermError(f"no random group {group!r}")
+        if not s.fa_k:
+            raise UnknownTermError(f"group {group!r} is not factor analytic (structure='fa(k)')")
+        theta = self.internals.theta_reported[i:i + s.n_params]
+        Lam, psi = s.fa_parts(theta)
+        G0 = Lam @ Lam.T + np.diag(psi)
+        w, V = np.linalg.eigh(Lam.T @ Lam)
+        V = V[:, ::-1]
+        rot = Lam @ V
+        rot = rot * np.where(rot[np.abs(rot).argmax(axis=0), range(rot.shape[1])] < 0, -1.0, 1.0)
+        terms = list(s.block.terms)
+        names = [f"fa{j + 1}" for j in range(s.fa_k)]
+        sd = np.sqrt(np.diag(G0))
+        U = np.asarray(blk.blup)                      # d × L
+        scores = (rot.T @ np.linalg.solve(G0, U)).T   # L × k
+        return FactorAnalytic(
+            loadings=pd.DataFrame(Lam, index=terms, columns=names),
+            rotated_loadings=pd.DataFrame(rot, index=terms, columns=names),
+            specific_variances=pd.Series(psi, index=terms, name="psi"),
+            G0=pd.DataFrame(G0, index=terms, columns=terms),
+            correlations=pd.DataFrame(G0 / np.outer(sd, sd), index=terms, columns=terms),
+            percent_explained=pd.Series(100 * np.sum(Lam ** 2, axis=1) / np.diag(G0),
+                                        index=terms, name="percent_explained"),
+            scores=pd.DataFrame(scores, index=pd.Index(list(blk.levels), name="level"),
+                                columns=names))
 
     def genetic_correlation(self, group: str) -> pd.DataFrame:
         """Correlations between the terms of one random group (traits of a multi-trait

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -145,8 +145,10 @@ def _ai_reml(likelihood: Likelihood, max_iter: int, verbose: bool) -> Estimate:
         warnings.simplefilter("always", ConvergenceWarning)
         # the Λ form profiles σ²ₑ: it takes over only with a scalar residual
         hand_over = ((lambda t: heads_to_boundary(likelihood, t))
-                     if likelihood.residual.is_scalar else None)
-        result = fit_variances(likelihood, max_iter=max_iter, verbose=verbose,
+                     if likelihood.residual.is_scalar
+                     and not any(s.fa_k for s in likelihood.mme.structures) else None)
+        theta0 = _fa_start(likelihood, max_iter)
+        result = fit_variances(likelihood, theta0=theta0, max_iter=max_iter, verbose=verbose,
                                hand_over=hand_over)
     ai = Estimate(likelihood, result.theta, result.evaluation, AI_REML,
                   converged=result.converged, n_iter=result.n_iter,
@@ -172,6 +174,26 @@ def _ai_reml(likelihood: Likelihood, max_iter: int, verbose: bool) -> Estimate:
                       "PSD cone and the Λ form did not improve on it",
                       ConvergenceWarning, stacklevel=4)
     return ai
+
+
+def _fa_start(likelihood: Likelihood, max_iter: int) -> np.ndarray | None:
+    """Starting θ for a model with factor-analytic blocks: the FA(k) approximation of
+    those blocks' G₀ from the same model fitted unstructured (as ASReml users start FA
+    from US). The FA likelihood has local optima; from moment starts AI-REML found a
+    lower one on a 5-environment test case that this start avoids. None without FA."""
+    mme = likelihood.mme
+    if not any(s.fa_k for s in mme.structures):
+        return None
+    design = mme.design
+    us = replace(design, blocks=tuple(replace(b, structure=None) for b in design.blocks))
+    lik_us = Likelihood(MME(us, ordering=mme.ordering), likelihood.method)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = fit_variances(lik_us, max_iter=max_iter)
+    G0s, R0 = lik_us.split(r.theta)
+    log.info("FA start from the unstructured fit: logLik %.6f after %d iterations",
+             r.evaluation.loglik, r.n_iter)
+    return mme.theta_of(G0s, R0)
 
 
 def heads_to_boundary(likelihood: Likelihood, theta: np.ndarray) -> bool:

@@ -90,6 +90,8 @@ class REMLResult:
 
 #: the estimation methods
 METHODS = ("REML", "ML")
+#: an FA(k) specific variance ψₐ is bounded below by this × G₀[a, a]
+FA_PSI_FLOOR = 1e-4
 
 
 class Likelihood:
@@ -126,10 +128,8 @@ class Likelihood:
 
     def variance_index(self) -> np.ndarray:
         """Mask of θ entries that are variances (diagonals of each G₀ and of R₀)."""
-        out = []
-        for s in self.mme.structures:
-            out += [a == b for a, b in s.pairs]
-        return np.concatenate([np.array(out, bool), self.residual.variance_mask()])
+        out = [s.param_variance_mask() for s in self.mme.structures]
+        return np.concatenate(out + [self.residual.variance_mask()]).astype(bool)
 
     def log_scale_index(self) -> np.ndarray:
         """Mask of θ entries stepped on the log scale: the variance of each scalar
@@ -138,8 +138,24 @@ class Likelihood:
         checked as a whole."""
         out = []
         for s in self.mme.structures:
-            out += [s.d == 1] * s.n_params
+            # scalar variances, and an FA block's specific variances ψ (whose Heywood
+            # optimum at 0 the log scale approaches without a hard bound)
+            out += ([False] * len(s.loadings) + [True] * s.d) if s.fa_k else [s.d == 1] * s.n_params
         return np.concatenate([np.array(out, bool), self.residual.log_scale_mask()])
+
+    def lower_bounds(self, theta: np.ndarray, floor: float) -> np.ndarray:
+        """Lower bound of each θ entry that is a variance (``floor``, scaled to θ); an
+        FA specific variance ψₐ is kept ≥ ``FA_PSI_FLOOR`` × G₀[a, a] (at ψ = 0, a
+        Heywood case, G₀ is near singular and the MME with it)."""
+        out = np.full(theta.shape[0], floor)
+        i = 0
+        for s in self.mme.structures:
+            if s.fa_k:
+                G0 = s.G0(theta[i:i + s.n_params])
+                m = len(s.loadings)
+                out[i + m:i + m + s.d] = np.maximum(FA_PSI_FLOOR * np.diag(G0), floor)
+            i += s.n_params
+        return out
 
     def feasible(self, theta: np.ndarray) -> bool:
         G0s, R0 = self.split(theta)
@@ -222,16 +238,28 @@ class Likelihood:
         n, p = mme.n, (0 if ml else mme.p)
         score, wv = [], []
         tr_CGinv = 0.0
+        i0 = 0
         for s, G0, S, Q in zip(mme.structures, G0s, ev.S, ev.Q):
             G0inv = np.linalg.inv(G0)
             tr_CGinv += float(np.sum(G0inv * S))
-            for i in range(s.n_params):
+            # score and working variates per element of G₀, then θ = its parameters
+            # (the identity when unstructured; FA by the chain rule, J = ∂G₀/∂θ)
+            sc_e = []
+            for i in range(s.n_elements):
                 E = s.E(i)
                 M = G0inv @ E @ G0inv
-                score.append(-0.5 * (s.L * np.trace(G0inv @ E) - np.sum(M * (S + Q))))
+                sc_e.append(-0.5 * (s.L * np.trace(G0inv @ E) - np.sum(M * (S + Q))))
             U = s.U(ev.solution[s.offset:s.offset + s.block.q])
             Zs = mme.block_Z(s)
-            wv += [Zs @ (s.E(i) @ G0inv @ U).ravel() for i in range(s.n_params)]
+            wv_e = [Zs @ (s.E(i) @ G0inv @ U).ravel() for i in range(s.n_elements)]
+            if s.fa_k:
+                J = s.jacobian(ev.theta[i0:i0 + s.n_params])
+                score += list(J.T @ np.array(sc_e))
+                wv += list((np.column_stack(wv_e) @ J).T)
+            else:
+                score += sc_e
+                wv += wv_e
+            i0 += s.n_params
         ev.tr_CGinv = tr_CGinv
         e = ev.resid_w
         if res.is_scalar:
@@ -358,10 +386,12 @@ def _heading_for_zero(ev: Evaluation, theta: np.ndarray, delta: np.ndarray,
     return out
 
 
-def _newton_step(ev: Evaluation, free: np.ndarray) -> np.ndarray:
-    """δ with AI[free, free] δ[free] = score[free], zero elsewhere."""
+def _newton_step(ev: Evaluation, free: np.ndarray, damping: float = 0.0) -> np.ndarray:
+    """δ with (AI + damping·diag(AI))[free, free] δ[free] = score[free], zero elsewhere."""
     delta = np.zeros(ev.score.shape[0])
     A, g = ev.AI[np.ix_(free, free)], ev.score[free]
+    if damping:
+        A = A + damping * np.diag(np.diag(A))
     try:
         delta[free] = np.linalg.solve(A, g)
     except np.linalg.LinAlgError:
@@ -511,20 +541,26 @@ def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter:
     converged = False
     at_bound = np.zeros(model.k, dtype=bool)
     it, fallbacks, handed_over = 0, 0, False
+    damped = any(s.fa_k for s in model.mme.structures)
     for it in range(1, max_iter + 1):
         t1 = time.perf_counter()
         scale = np.abs(theta).max()
-        lb = 1e-10 * scale
+        lb = model.lower_bounds(theta, 1e-10 * scale)
         free = ~(at_bound & (ev.score < 0))
         delta = _newton_step(ev, free)
         step, ev_new, kind = 1.0, None, "AI"
         to_bound = _heading_for_zero(ev, theta, delta, free, log_mask)
         for h in range(12):
+            if damped and h:
+                # FA: V is not linear in the loadings and AI can be far from the
+                # Hessian: shrink towards the scaled gradient (Levenberg–Marquardt)
+                delta = _newton_step(ev, free, damping=4.0 ** h)
+                step = 1.0
             trial = ai_trial(theta, delta, step, log_mask)
             if step == 1.0:
                 trial[to_bound] = 0.0
             low = var_mask & (trial < lb)
-            trial[low] = lb
+            trial[low] = lb[low]
             if model.feasible(trial):
                 try:
                     cand = model.evaluate(trial)
@@ -567,7 +603,8 @@ def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter:
     if not converged and not handed_over:
         warnings.warn(f"REML did not converge in {max_iter} iterations; "
                       f"last log-likelihood change {change:.3g}", ConvergenceWarning, stacklevel=3)
-    lb = 1e-8 * np.abs(theta).max()
+    lb = np.maximum(model.lower_bounds(theta, 1e-8 * np.abs(theta).max()) * (1 + 1e-9),
+                    1e-8 * np.abs(theta).max())
     return REMLResult(theta=theta, evaluation=ev, converged=converged, n_iter=it,
                       history=history, at_bound=var_mask & (theta <= lb),
                       handed_over=handed_over)

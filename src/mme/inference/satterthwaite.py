@@ -27,12 +27,17 @@ def vcov_derivatives(model, theta: np.ndarray, F: np.ndarray) -> np.ndarray:
     mme = model.mme
     G0s, R0 = model.split(theta)
     out = []
+    i0 = 0
     for s, G0 in zip(mme.structures, G0s):
         G0inv = np.linalg.inv(G0)
         Fu = F[s.offset:s.offset + s.block.q]
-        for i in range(s.n_params):
-            D = -s.dC_dtheta(i, G0inv)          # Mᵢ ⊗ K⁻¹ (sparse)
-            out.append(Fu.T @ (D @ Fu))
+        elems = [Fu.T @ (-s.dC_dtheta(i, G0inv) @ Fu)        # Mᵢ ⊗ K⁻¹ per element
+                 for i in range(s.n_elements)]
+        if s.fa_k:   # chain rule to the FA parameters
+            J = s.jacobian(theta[i0:i0 + s.n_params])
+            elems = list(np.tensordot(J.T, np.array(elems), axes=1))
+        out += elems
+        i0 += s.n_params
     WF = mme.W @ F
     res = mme.residual
     if res.is_scalar:

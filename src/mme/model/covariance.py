@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .._errors import DataError
+from .._errors import DataError, FormulaError
 from .design import RandomBlock
 
 
@@ -39,8 +39,14 @@ class BlockStructure:
         self.offset = offset
         d, L = block.d, block.n_levels
         self.d, self.L = d, L
+        #: the lower-triangle elements of G₀ (variances first): the "element" space in
+        #: which the REML derivatives are formed; the parameters θ map onto them
         self.pairs = [(a, a) for a in range(d)] + [
             (a, b) for b in range(d) for a in range(b + 1, d)]
+        self.fa_k = parse_structure(block.structure, d, block.group)
+        #: FA(k): the free loadings Λ[a, j], j ≤ a (upper triangle of Λ's first k rows 0)
+        self.loadings = ([(a, j) for j in range(self.fa_k) for a in range(j, d)]
+                         if self.fa_k else [])
         K = block.Kinv.tocoo()
         lower = K.row >= K.col
         rows, cols, kvals, pair_of, weight = [], [], [], [], []
@@ -65,19 +71,69 @@ class BlockStructure:
         self.Kinv = block.Kinv
 
     @property
-    def n_params(self) -> int:
+    def n_elements(self) -> int:
+        """Lower-triangle elements of G₀."""
         return len(self.pairs)
+
+    @property
+    def n_params(self) -> int:
+        """θ entries of the block: G₀'s elements (unstructured), or the free loadings
+        and the d specific variances of FA(k)."""
+        return len(self.loadings) + self.d if self.fa_k else len(self.pairs)
 
     # -- parameters -------------------------------------------------------
     def G0(self, theta: np.ndarray) -> np.ndarray:
-        """G₀ (d × d) from this block's parameters."""
+        """G₀ (d × d) from this block's parameters (FA: ΛΛ' + Ψ)."""
+        if self.fa_k:
+            Lam, psi = self.fa_parts(theta)
+            return Lam @ Lam.T + np.diag(psi)
         G = np.zeros((self.d, self.d))
         for t, (a, b) in zip(theta, self.pairs):
             G[a, b] = G[b, a] = t
         return G
 
+    def fa_parts(self, theta: np.ndarray) -> tuple:
+        """(Λ (d × k), ψ (d,)) of an FA(k) block."""
+        Lam = np.zeros((self.d, self.fa_k))
+        m = len(self.loadings)
+        for t, (a, j) in zip(theta[:m], self.loadings):
+            Lam[a, j] = t
+        return Lam, np.asarray(theta[m:m + self.d], dtype=float)
+
     def theta_of(self, G0: np.ndarray) -> np.ndarray:
+        """θ for a given G₀ (FA: the principal-factor FA(k) approximation of G₀)."""
+        if self.fa_k:
+            Lam, psi = fa_approximation(G0, self.fa_k)
+            return np.concatenate([[Lam[a, j] for a, j in self.loadings], psi])
         return np.array([G0[a, b] for a, b in self.pairs])
+
+    def jacobian(self, theta: np.ndarray) -> np.ndarray:
+        """∂G₀[a, b]/∂θ (n_elements × n_params): the identity when unstructured; for
+        FA ∂(ΛΛ')[a, b]/∂Λ[c, j] = δₐ꜀Λ[b, j] + δ_b꜀Λ[a, j], ∂G₀[a, a]/∂ψₐ = 1."""
+        if not self.fa_k:
+            return np.eye(self.n_elements)
+        Lam, _ = self.fa_parts(theta)
+        J = np.zeros((self.n_elements, self.n_params))
+        for e, (a, b) in enumerate(self.pairs):
+            for p, (c, j) in enumerate(self.loadings):
+                J[e, p] = (Lam[b, j] if a == c else 0.0) + (Lam[a, j] if b == c else 0.0)
+            if a == b:
+                J[e, len(self.loadings) + a] = 1.0
+        return J
+
+    def param_names(self) -> list:
+        """(term1, term2) of each θ entry as ``variance_components`` shows them."""
+        t = self.block.terms
+        if self.fa_k:
+            return ([(t[a], f"fa{j + 1}") for a, j in self.loadings]
+                    + [(t[a], "psi") for a in range(self.d)])
+        return [(t[a], "") if a == b else (t[b], t[a]) for a, b in self.pairs]
+
+    def param_variance_mask(self) -> np.ndarray:
+        """θ entries that are variances (bounded below by 0)."""
+        if self.fa_k:
+            return np.array([False] * len(self.loadings) + [True] * self.d)
+        return np.array([a == b for a, b in self.pairs])
 
     def E(self, i: int) -> np.ndarray:
         a, b = self.pairs[i]
@@ -124,6 +180,46 @@ class BlockStructure:
         return -sp.kron(sp.csr_matrix(M), self.Kinv, format="csr")
 
 
+def parse_structure(spec, d: int, group: str) -> int:
+    """0 for an unstructured G₀ (the default), k for ``"fa(k)"`` (1 ≤ k < d)."""
+    import re
+    if spec in (None, "us", "unstructured"):
+        return 0
+    m = re.match(r"^\s*fa\s*\(\s*(\d+)\s*\)\s*$", str(spec))
+    if not m:
+        raise FormulaError(f"structure for {group!r}: {spec!r} is not understood; use 'fa(k)'")
+    k = int(m.group(1))
+    if d < 2 or not 1 <= k < d:
+        raise FormulaError(f"structure for {group!r}: fa({k}) needs 1 ≤ k < d = {d} terms "
+                           "(e.g. (0 + env | gen) with more environments than factors)")
+    return k
+
+
+#: iterations of the principal-factor fit of FA(k) to a G₀ (starting values, EM)
+FA_ITERATIONS = 200
+
+
+def fa_approximation(G0: np.ndarray, k: int) -> tuple:
+    """(Λ, ψ) with ΛΛ' + diag(ψ) ≈ G₀ by iterated principal factors; Λ rotated so that
+    its upper triangle is 0 (Λ = LQ) and its diagonal ≥ 0. A G₀ without covariances
+    gets correlations of 0.5 first (Λ = 0 is a saddle point of the likelihood)."""
+    G = np.array(G0, dtype=float)
+    dg = np.sqrt(np.maximum(np.diag(G), 1e-300))
+    if not np.any(G - np.diag(np.diag(G))):
+        G = G + 0.5 * (np.outer(dg, dg) - np.diag(dg ** 2))
+    psi = 0.5 * np.diag(G)
+    for _ in range(FA_ITERATIONS):
+        w, V = np.linalg.eigh(G - np.diag(psi))
+        w, V = w[::-1][:k], V[:, ::-1][:, :k]
+        Lam = V * np.sqrt(np.maximum(w, 0.0))
+        psi = np.maximum(np.diag(G) - np.sum(Lam ** 2, axis=1), 0.01 * np.diag(G))
+    # rotate: Λ' = QR → ΛQ = R' is lower triangular
+    q, r = np.linalg.qr(Lam.T)
+    Lam = Lam @ q
+    Lam = Lam * np.where(np.diag(Lam[:k, :k]) < 0, -1.0, 1.0)
+    return Lam, psi
+
+
 def is_positive_definite(G0: np.ndarray, tol: float = 0.0) -> bool:
     """True when the smallest eigenvalue of symmetric G₀ is > tol · its largest (|.|)."""
     w = np.linalg.eigvalsh(G0)
@@ -152,6 +248,9 @@ def parse_variances(blocks, variances, residual=None) -> tuple:
                         f"(its terms: {groups}, and 'Residual')")
     G0s = []
     for b in blocks:
+        if getattr(b, "structure", None) and b.group in variances:
+            raise DataError(f"variances[{b.group!r}]: known variances of a structured "
+                            f"({b.structure}) term are not supported; fit it unstructured")
         if b.group not in variances:
             raise DataError(f"variances: no value for random term {b.group!r} "
                             f"(given: {sorted(variances)})")

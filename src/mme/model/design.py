@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -50,6 +50,7 @@ class RandomBlock:
     logdet_K: float         # log|K| (0 for identity)
     Kdiag: np.ndarray = None  # diag(K) (1 + F for a pedigree); None if unknown
     k_is_identity: bool = True  # K = I (no relationship matrix given): the one test of it
+    structure: str | None = None  # G₀'s structure: None (unstructured) or "fa(k)"
 
     @property
     def d(self) -> int:
@@ -363,7 +364,8 @@ def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict) -> RandomB
 
 def build_design(formula: str | ModelFormula, data: pd.DataFrame,
                  relmat: dict | None = None, residual: str | None = None,
-                 weights: str | None = None, covary: dict | None = None) -> Design:
+                 weights: str | None = None, covary: dict | None = None,
+                 structure: dict | None = None) -> Design:
     """Stage 1 of a fit: formula + data frame → y, sparse X, sparse Z blocks, R's structure.
 
     Parameters
@@ -388,6 +390,9 @@ def build_design(formula: str | ModelFormula, data: pd.DataFrame,
         matrix into one block with an unstructured G₀ ⊗ K (direct–maternal models). A
         row whose level of such a term is unknown (missing, or the pedigree's
         unknown-parent code) gets no effect of it and is kept.
+    structure : dict, optional
+        ``{"gen": "fa(2)"}``: G₀ of that term factor analytic, ΛΛ' + Ψ (k factors),
+        instead of unstructured; for ``(0 + env | gen)`` genotype × environment models.
 
     Returns
     -------
@@ -417,6 +422,7 @@ def build_design(formula: str | ModelFormula, data: pd.DataFrame,
     X, names, aliased, spec = _fixed_matrix(mf, data)
     blocks = _join_covarying(tuple(_random_block(t, data, relmat) for t in mf.random),
                              covary, relmat)
+    blocks = _with_structures(blocks, structure)
     if kind == "ar1ar1":
         if w is not None:
             raise FormulaError("weights= with an ar1(col):ar1(row) residual is not supported")
@@ -445,6 +451,26 @@ def _nullable(mf: ModelFormula, relmat: dict) -> set:
         if t.group not in relmat:
             other |= set(t.factors)
     return own - other
+
+
+def _with_structures(blocks: tuple, structure: dict | None) -> tuple:
+    """Blocks with the G₀ structure named in ``structure=`` (validated by
+    ``covariance.parse_structure`` when the MME are built)."""
+    if not structure:
+        return blocks
+    if not isinstance(structure, dict):
+        raise FormulaError("structure must be a dict such as {'gen': 'fa(2)'}")
+    groups = [b.group for b in blocks]
+    absent = [g for g in structure if g not in groups]
+    if absent:
+        raise FormulaError(f"structure names {absent}, which are not random terms of the "
+                           f"formula (its terms: {groups})")
+    from .covariance import parse_structure
+    for b in blocks:
+        if b.group in structure:
+            parse_structure(structure[b.group], b.d, b.group)
+    return tuple(replace(b, structure=structure[b.group]) if b.group in structure else b
+                 for b in blocks)
 
 
 def _join_covarying(blocks: tuple, covary: dict | None, relmat: dict) -> tuple:
