@@ -9,6 +9,7 @@ animal_marginal_covariance.png V of 45 records of that model (3 herds, half-sibs
 field_map.png                  residuals on the field of python -m mme.examples.field, fitted
                                with AR1 ⊗ AR1 residuals (yield ~ rep + (1|gen))
 field_variogram.png            their sample semivariogram beside the fitted one
+fa_biplot.png                  FA(2) genotype × environment biplot of mme.examples.field.load_met
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mme  # noqa: E402
 from mme import plot  # noqa: E402
 from mme.examples.animal import FORMULA, load_animal  # noqa: E402
-from mme.examples.field import FORMULA as FIELD_FORMULA, load_field  # noqa: E402
+from mme.examples.field import FORMULA as FIELD_FORMULA, MET_FORMULA, load_field, load_met  # noqa: E402
 from mme.examples.rcbd import load_kfert  # noqa: E402
 
 DPI = 110
@@ -45,6 +46,9 @@ def main(argv=None) -> None:
     _save(plot.field_map(field), out / "field_map.png")
     axes = plot.variogram(field, max_lag=8)
     _save(axes[0], out / "field_variogram.png")
+
+    met = mme.fit(MET_FORMULA, load_met(), structure={"gen": "fa(2)"})
+    _save(plot.fa_biplot(met, "gen"), out / "fa_biplot.png")
 
     kfert = mme.fit("yield ~ K2O_lbac + (1|rep)", load_kfert())
     ax = plot.caterpillar(kfert, "rep")

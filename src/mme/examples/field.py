@@ -50,3 +50,26 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+#: the multi-environment trial's formula (genotype × environment, FA(2))
+MET_FORMULA = "yield ~ 0 + env + (0 + env | gen)"
+
+
+def load_met(seed: int = 7) -> pd.DataFrame:
+    """A simulated multi-environment trial: 60 genotypes × 6 environments × 2 reps, genetic
+    covariance between environments G₀ = ΛΛ' + Ψ with two factors (columns env, gen,
+    rep, yield)."""
+    rng = np.random.default_rng(seed)
+    n_gen, n_env = 60, 6
+    lam = np.column_stack([rng.uniform(0.8, 1.6, n_env), rng.normal(0.0, 0.8, n_env)])
+    G0 = lam @ lam.T + np.diag(rng.uniform(0.1, 0.4, n_env))
+    U = rng.multivariate_normal(np.zeros(n_env), G0, n_gen)
+    rows = [(g, e, r) for g in range(n_gen) for e in range(n_env) for r in (1, 2)]
+    df = pd.DataFrame(rows, columns=["gen", "env", "rep"])
+    e = df["env"].to_numpy()
+    df["yield"] = (40 + 2.0 * e + U[df["gen"].to_numpy(), e]
+                   + rng.normal(0.0, 1.0, len(df)))
+    df["env"] = pd.Categorical([f"E{k + 1}" for k in e])
+    df["gen"] = [f"G{k:02d}" for k in df["gen"]]
+    return df
