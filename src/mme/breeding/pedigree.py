@@ -40,7 +40,7 @@ import scipy.sparse as sp
 from .. import _core
 
 from .._errors import PedigreeError
-from ..model.ids import _int_strings, id_keys, normalize_ids
+from ..model.ids import id_keys, int_strings, normalize_ids
 
 
 __all__ = ["Pedigree", "PedigreeError", "normalize_ids"]
@@ -119,7 +119,7 @@ class Pedigree:
     Henderson, C. R. (1976). Biometrics 32:69-83.
     """
 
-    __slots__ = ("_ids", "_sire", "_dam", "_added", "_F", "_d", "_logdet", "_ainv")
+    __slots__ = ("_ids", "_sire", "_dam", "_added", "_F", "_d", "_logdet", "_ainv", "_missing")
 
     def __init__(self, id, sire, dam, *, missing: Iterable = DEFAULT_MISSING):
         keys = _read_keys(id, sire, dam, missing)
@@ -133,6 +133,14 @@ class Pedigree:
             all_ids, sire_c, dam_c = _renumber(order, all_ids, sire_c, dam_c)
         self._init(pd.Index(keys.label(all_ids), dtype=object, name="id"), sire_c, dam_c,
                    pd.Index(keys.label(added), dtype=object, name="id"))
+        self._missing = tuple(t for t in (missing or ()) if t is not None
+                              and not (isinstance(t, float) and np.isnan(t)))
+
+    @property
+    def missing_tokens(self) -> tuple:
+        """The codes that meant "unknown parent" when the pedigree was read (a data
+        column of a relmat term, e.g. the dams of a maternal model, uses the same)."""
+        return getattr(self, "_missing", DEFAULT_MISSING)
 
     def _init(self, ids, sire, dam, added):
         sire = np.ascontiguousarray(sire, dtype=np.int64)
@@ -379,7 +387,7 @@ class _Keys:
     def label(self, keys) -> np.ndarray:
         """Normalised id strings of ``keys``."""
         keys = np.asarray(keys, dtype=np.int64)
-        return _int_strings(keys) if self.uniq is None else self.uniq[keys]
+        return int_strings(keys) if self.uniq is None else self.uniq[keys]
 
 
 def _read_keys(id, sire, dam, missing) -> _Keys:
@@ -394,7 +402,7 @@ def _read_keys(id, sire, dam, missing) -> _Keys:
         (ids_s, id_miss, _), (sire_s, sire_miss, _), (dam_s, dam_miss, _) = cols
         return _Keys(ids_s, sire_s, dam_s, id_miss, sire_miss, dam_miss, None)
     # string ids: one hash pass over the three columns, then int codes
-    strs = [_int_strings(k) if kind == "int" else k for k, _, kind in cols]
+    strs = [int_strings(k) if kind == "int" else k for k, _, kind in cols]
     codes, uniq = pd.factorize(np.concatenate(strs), use_na_sentinel=True)
     uniq = np.asarray(uniq, dtype=object)
     tokens = [str(t).strip() for t in (missing or ()) if t is not None

@@ -146,7 +146,7 @@ def _ai_reml(likelihood: Likelihood, max_iter: int, verbose: bool) -> Estimate:
         # the Λ form profiles σ²ₑ: it takes over only with a scalar residual
         hand_over = ((lambda t: heads_to_boundary(likelihood, t))
                      if likelihood.residual.is_scalar
-                     and not any(s.fa_k for s in likelihood.mme.structures) else None)
+                     and all(s.kind == "us" for s in likelihood.mme.structures) else None)
         theta0 = _fa_start(likelihood, max_iter)
         result = fit_variances(likelihood, theta0=theta0, max_iter=max_iter, verbose=verbose,
                                hand_over=hand_over)

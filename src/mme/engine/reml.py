@@ -140,7 +140,8 @@ class Likelihood:
         for s in self.mme.structures:
             # scalar variances, and an FA block's specific variances ψ (whose Heywood
             # optimum at 0 the log scale approaches without a hard bound)
-            out += ([False] * len(s.loadings) + [True] * s.d) if s.fa_k else [s.d == 1] * s.n_params
+            out += ([False] * len(s.loadings) + [True] * s.d if s.fa_k else
+                    [True] * s.d if s.kind == "diag" else [s.d == 1] * s.n_params)
         return np.concatenate([np.array(out, bool), self.residual.log_scale_mask()])
 
     def lower_bounds(self, theta: np.ndarray, floor: float) -> np.ndarray:
@@ -252,7 +253,7 @@ class Likelihood:
             U = s.U(ev.solution[s.offset:s.offset + s.block.q])
             Zs = mme.block_Z(s)
             wv_e = [Zs @ (s.E(i) @ G0inv @ U).ravel() for i in range(s.n_elements)]
-            if s.fa_k:
+            if s.kind != "us":
                 J = s.jacobian(ev.theta[i0:i0 + s.n_params])
                 score += list(J.T @ np.array(sc_e))
                 wv += list((np.column_stack(wv_e) @ J).T)

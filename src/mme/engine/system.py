@@ -142,6 +142,7 @@ class MME:
         self.n_analyze = 0
         self.n_factorize = 0
         self._supernodes = None
+        self._pattern_in_L = None
 
     def block_Z(self, s: BlockStructure):
         """Z̃ of one random block (weighted rows when there are prior weights)."""
@@ -266,6 +267,7 @@ class MME:
         self.factor = None
         self.theta = None
         self._supernodes = None
+        self._pattern_in_L = None
         self.released = True
 
     def set_values(self, G0s: list, R0) -> None:
@@ -333,13 +335,19 @@ class MME:
         return np.repeat(np.arange(self.dim, dtype=np.int64), np.diff(self.C.indptr))
 
     def cinv_on_pattern(self, extra_rows=None, extra_cols=None) -> tuple:
-        """C⁻¹ at every slot of C.data (and at extra (rows, cols) on L's pattern)."""
-        rows, cols = self.pattern_rows, self.pattern_cols
-        if extra_rows is not None:
-            rows = np.concatenate([rows, extra_rows])
-            cols = np.concatenate([cols, extra_cols])
-        out = self.selected_inverse(rows, cols)
-        return out[:self.C.nnz], out[self.C.nnz:]
+        """C⁻¹ at every slot of C.data (and at extra (rows, cols) on L's pattern).
+
+        The positions of C's pattern in L are found once per analysis (they are fixed
+        with the symbolic factorization); each call runs one selected inverse.
+        """
+        L, Zx, pinv = self._selected_inverse_values()
+        if self._pattern_in_L is None or self._pattern_in_L[0] != L.nnz:
+            self._pattern_in_L = (L.nnz, self._positions(L, pinv, self.pattern_rows,
+                                                         self.pattern_cols))
+        on_C = Zx[self._pattern_in_L[1]]
+        if extra_rows is None:
+            return on_C, np.zeros(0)
+        return on_C, Zx[self._positions(L, pinv, extra_rows, extra_cols)]
 
     def selected_inverse(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """(C⁻¹)[rows, cols] for entries on the pattern of C (selected inversion).
@@ -348,6 +356,11 @@ class MME:
         trailing block and every supernode are taken as blocks by ``_core``'s
         BLAS-3 recurrences. The supernode partition is found once per analysis.
         """
+        L, Zx, pinv = self._selected_inverse_values()
+        return Zx[self._positions(L, pinv, rows, cols)]
+
+    def _selected_inverse_values(self) -> tuple:
+        """(L, C⁻¹ on L's pattern in L's slots, inverse permutation)."""
         L = self.factor.L()
         if not L.has_sorted_indices:
             L.sort_indices()
@@ -359,9 +372,13 @@ class MME:
                                               self._supernodes[1])
         pinv = np.empty(self.dim, dtype=np.int64)
         pinv[self.factor.P()] = np.arange(self.dim)
+        return L, Zx, pinv
+
+    @staticmethod
+    def _positions(L, pinv, rows, cols) -> np.ndarray:
         r, c = pinv[rows], pinv[cols]
         lo, hi = np.minimum(r, c), np.maximum(r, c)
         pos = csc_slots(L, hi, lo)
         if (pos < 0).any():
             raise InternalError("requested entry of C⁻¹ is not on the pattern of L")
-        return Zx[pos]
+        return pos

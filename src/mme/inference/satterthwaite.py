@@ -33,7 +33,7 @@ def vcov_derivatives(model, theta: np.ndarray, F: np.ndarray) -> np.ndarray:
         Fu = F[s.offset:s.offset + s.block.q]
         elems = [Fu.T @ (-s.dC_dtheta(i, G0inv) @ Fu)        # Mᵢ ⊗ K⁻¹ per element
                  for i in range(s.n_elements)]
-        if s.fa_k:   # chain rule to the FA parameters
+        if s.kind != "us":   # chain rule to the block's parameters (FA, diagonal)
             J = s.jacobian(theta[i0:i0 + s.n_params])
             elems = list(np.tensordot(J.T, np.array(elems), axes=1))
         out += elems

@@ -44,6 +44,9 @@ class BlockStructure:
         self.pairs = [(a, a) for a in range(d)] + [
             (a, b) for b in range(d) for a in range(b + 1, d)]
         self.fa_k = parse_structure(block.structure, d, block.group)
+        #: "us" (unstructured), "diag" (G₀ diagonal) or "fa" (ΛΛ' + Ψ)
+        self.kind = ("fa" if self.fa_k else
+                     "diag" if str(block.structure).strip() == "diag" else "us")
         #: FA(k): the free loadings Λ[a, j], j ≤ a (upper triangle of Λ's first k rows 0)
         self.loadings = ([(a, j) for j in range(self.fa_k) for a in range(j, d)]
                          if self.fa_k else [])
@@ -79,6 +82,8 @@ class BlockStructure:
     def n_params(self) -> int:
         """θ entries of the block: G₀'s elements (unstructured), or the free loadings
         and the d specific variances of FA(k)."""
+        if self.kind == "diag":
+            return self.d
         return len(self.loadings) + self.d if self.fa_k else len(self.pairs)
 
     # -- parameters -------------------------------------------------------
@@ -87,6 +92,8 @@ class BlockStructure:
         if self.fa_k:
             Lam, psi = self.fa_parts(theta)
             return Lam @ Lam.T + np.diag(psi)
+        if self.kind == "diag":
+            return np.diag(np.asarray(theta, dtype=float))
         G = np.zeros((self.d, self.d))
         for t, (a, b) in zip(theta, self.pairs):
             G[a, b] = G[b, a] = t
@@ -105,13 +112,17 @@ class BlockStructure:
         if self.fa_k:
             Lam, psi = fa_approximation(G0, self.fa_k)
             return np.concatenate([[Lam[a, j] for a, j in self.loadings], psi])
+        if self.kind == "diag":
+            return np.diag(np.atleast_2d(G0)).copy()
         return np.array([G0[a, b] for a, b in self.pairs])
 
     def jacobian(self, theta: np.ndarray) -> np.ndarray:
         """∂G₀[a, b]/∂θ (n_elements × n_params): the identity when unstructured; for
         FA ∂(ΛΛ')[a, b]/∂Λ[c, j] = δₐ꜀Λ[b, j] + δ_b꜀Λ[a, j], ∂G₀[a, a]/∂ψₐ = 1."""
-        if not self.fa_k:
+        if self.kind == "us":
             return np.eye(self.n_elements)
+        if self.kind == "diag":
+            return np.eye(self.n_elements)[:, :self.d]       # the variances come first
         Lam, _ = self.fa_parts(theta)
         J = np.zeros((self.n_elements, self.n_params))
         for e, (a, b) in enumerate(self.pairs):
@@ -127,13 +138,13 @@ class BlockStructure:
         if self.fa_k:
             return ([(t[a], f"fa{j + 1}") for a, j in self.loadings]
                     + [(t[a], "psi") for a in range(self.d)])
-        return [(t[a], "") if a == b else (t[b], t[a]) for a, b in self.pairs]
+        return [(t[a], "") if a == b else (t[b], t[a]) for a, b in self.pairs][:self.n_params]
 
     def param_variance_mask(self) -> np.ndarray:
         """θ entries that are variances (bounded below by 0)."""
         if self.fa_k:
             return np.array([False] * len(self.loadings) + [True] * self.d)
-        return np.array([a == b for a, b in self.pairs])
+        return np.array([a == b for a, b in self.pairs][:self.n_params])
 
     def E(self, i: int) -> np.ndarray:
         a, b = self.pairs[i]
@@ -183,11 +194,12 @@ class BlockStructure:
 def parse_structure(spec, d: int, group: str) -> int:
     """0 for an unstructured G₀ (the default), k for ``"fa(k)"`` (1 ≤ k < d)."""
     import re
-    if spec in (None, "us", "unstructured"):
+    if spec in (None, "us", "unstructured") or str(spec).strip() == "diag":
         return 0
     m = re.match(r"^\s*fa\s*\(\s*(\d+)\s*\)\s*$", str(spec))
     if not m:
-        raise FormulaError(f"structure for {group!r}: {spec!r} is not understood; use 'fa(k)'")
+        raise FormulaError(f"structure for {group!r}: {spec!r} is not understood; use "
+                           "'fa(k)' or 'diag'")
     k = int(m.group(1))
     if d < 2 or not 1 <= k < d:
         raise FormulaError(f"structure for {group!r}: fa({k}) needs 1 ≤ k < d = {d} terms "

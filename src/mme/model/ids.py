@@ -14,7 +14,7 @@ import pandas as pd
 
 from .._errors import PedigreeError
 
-__all__ = ["normalize_ids", "id_keys"]
+__all__ = ["normalize_ids", "id_keys", "int_strings"]
 
 
 def _normalize_array(values) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +111,7 @@ def normalize_ids(values) -> np.ndarray:
     return out
 
 
-def _int_strings(a: np.ndarray) -> np.ndarray:
+def int_strings(a: np.ndarray) -> np.ndarray:
     out = np.empty(len(a), dtype=object)
     out[:] = list(map(str, np.asarray(a).tolist()))
     return out
