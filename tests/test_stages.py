@@ -185,3 +185,19 @@ def test_every_raised_error_is_an_mme_error():
         core.csc_positions(np.array([0, 1], np.int64), np.array([0], np.int64),
                            np.array([0], np.int64), np.array([0, 1], np.int64),
                            np.empty(1, np.int64))
+
+
+def test_start_and_callback_resume_a_fit():
+    """A checkpoint is θ from an iteration record; resuming from it reaches the same fit."""
+    ref, df = load_case("sleepstudy_us")
+    records = []
+    full = mme.fit(ref["formula"], df, callback=records.append)
+    assert [r.iteration for r in records] == list(range(1, full.n_iter + 1))
+    resumed = mme.fit(ref["formula"], df, start=np.array(records[0].theta))
+    assert abs(resumed.loglik - full.loglik) < 1e-9 * abs(full.loglik)
+    assert resumed.n_iter < full.n_iter
+    by_name = mme.fit(ref["formula"], df, start={"Subject": [[600.0, 10.0], [10.0, 35.0]],
+                                                 "Residual": 650.0})
+    assert abs(by_name.loglik - full.loglik) < 1e-9 * abs(full.loglik)
+    with pytest.raises(mme.DataError, match="start"):
+        mme.fit(ref["formula"], df, start=np.array([1.0, 2.0]))

@@ -38,7 +38,8 @@ SINGULAR_TOL = 1e-6
 
 def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict | None = None,
         relmat: dict | None = None, residual: str | None = None, weights: str | None = None,
-        covary: dict | None = None, structure: dict | None = None, ordering: str = "auto", max_iter: int = 200, verbose: bool = False,
+        covary: dict | None = None, structure: dict | None = None, ordering: str = "auto",
+        max_iter: int = 200, verbose: bool = False, start=None, callback=None,
         dense_blas_threads: int | None = 1) -> Fit:
     """Fit a linear mixed model by REML (default) or ML.
 
@@ -84,6 +85,10 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict 
         Most AI-REML iterations.
     verbose : bool
         Print one line per AI-REML iteration.
+    start : dict or array, optional
+        AI-REML's starting point (variances, or θ from a checkpoint); see ``estimate``.
+    callback : callable, optional
+        Called with each AI-REML iteration's record (progress, checkpoints).
     dense_blas_threads : int or None
         Threads of NumPy/SciPy's bundled BLAS during the fit (CHOLMOD keeps the
         system BLAS's threads); 1 avoids two thread pools competing for the cores
@@ -101,7 +106,7 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict 
                               covary=covary, structure=structure)
         mme = build_mme(design, ordering=ordering)
         est = estimate(mme, method=method, variances=variances, max_iter=max_iter,
-                       verbose=verbose)
+                       verbose=verbose, start=start, callback=callback)
         return assemble(est)
 
 

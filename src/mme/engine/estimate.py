@@ -91,7 +91,8 @@ class Estimate:
 
 
 def estimate(mme: MME, method: str = "REML", variances: dict | None = None,
-             max_iter: int = 200, verbose: bool = False) -> Estimate:
+             max_iter: int = 200, verbose: bool = False, start: dict | None = None,
+             callback=None) -> Estimate:
     """Estimate the variance parameters of built MME (or take them as given).
 
     Parameters
@@ -106,6 +107,13 @@ def estimate(mme: MME, method: str = "REML", variances: dict | None = None,
         Most AI-REML iterations.
     verbose : bool
         Print one line per AI-REML iteration.
+    start : dict or array, optional
+        Starting point of AI-REML: variances in the form of ``variances`` (e.g. from a
+        smaller model), or θ itself (a row of ``Fit.iteration_log``'s theta columns, a
+        checkpoint); default: moment starts.
+    callback : callable, optional
+        Called with each iteration's ``reml.IterationRecord`` (θ, logLik, step, seconds):
+        progress bars, checkpoints.
 
     Returns
     -------
@@ -121,7 +129,16 @@ def estimate(mme: MME, method: str = "REML", variances: dict | None = None,
         theta = least_squares_variance(likelihood)
         return Estimate(likelihood, theta, likelihood.evaluate(theta), LEAST_SQUARES,
                         at_bound=np.zeros(1, bool))
-    return _ai_reml(likelihood, max_iter, verbose)
+    theta0 = None
+    if isinstance(start, dict):
+        G0s, R0 = parse_variances(mme.design.blocks, start, mme.residual)
+        theta0 = mme.theta_of(G0s, R0)
+    elif start is not None:
+        theta0 = np.asarray(start, dtype=float).ravel()
+        if theta0.shape != (mme.k,) or not likelihood.feasible(theta0):
+            raise DataError(f"start: θ must hold {mme.k} values inside the parameter space "
+                            f"(the Fit.iteration_log theta columns), got {theta0.tolist()}")
+    return _ai_reml(likelihood, max_iter, verbose, theta0, callback)
 
 
 def least_squares_variance(likelihood: Likelihood) -> np.ndarray:
@@ -137,7 +154,8 @@ def least_squares_variance(likelihood: Likelihood) -> np.ndarray:
     return np.array([float(r @ r) / denom])
 
 
-def _ai_reml(likelihood: Likelihood, max_iter: int, verbose: bool) -> Estimate:
+def _ai_reml(likelihood: Likelihood, max_iter: int, verbose: bool, theta0=None,
+             callback=None) -> Estimate:
     """AI-REML; near a singular unstructured G₀, the Λ form finishes."""
     # AI-REML cannot converge on a boundary it can only approach: hold its
     # non-convergence warning until the Λ form has had its say
@@ -147,9 +165,10 @@ def _ai_reml(likelihood: Likelihood, max_iter: int, verbose: bool) -> Estimate:
         hand_over = ((lambda t: heads_to_boundary(likelihood, t))
                      if likelihood.residual.is_scalar
                      and all(s.kind == "us" for s in likelihood.mme.structures) else None)
-        theta0 = _fa_start(likelihood, max_iter)
+        if theta0 is None:
+            theta0 = _fa_start(likelihood, max_iter)
         result = fit_variances(likelihood, theta0=theta0, max_iter=max_iter, verbose=verbose,
-                               hand_over=hand_over)
+                               hand_over=hand_over, callback=callback)
     ai = Estimate(likelihood, result.theta, result.evaluation, AI_REML,
                   converged=result.converged, n_iter=result.n_iter,
                   history=tuple(result.history), at_bound=result.at_bound)

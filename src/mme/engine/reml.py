@@ -518,7 +518,7 @@ def _structured_starts(model: Likelihood, r: np.ndarray, v: float) -> np.ndarray
 
 def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter: int = 200,
                   tol_ll: float = 1e-9, tol_decrement: float = 1e-9,
-                  verbose: bool = False, hand_over=None) -> REMLResult:
+                  verbose: bool = False, hand_over=None, callback=None) -> REMLResult:
     """AI-REML (or AI-ML) from ``theta0`` (default ``starting_values``): AI steps with
     step-halving, EM as a fallback; variances kept ≥ a small bound, G₀ kept positive
     definite.
@@ -530,6 +530,7 @@ def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter:
     AI steps fail ``HAND_OVER_AFTER`` times running (EM fallbacks) at a θ for which it
     is true — a G₀ heading for the boundary of the PSD cone, where EM crawls — stop
     without a warning and say so (``handed_over``) for another method to finish.
+    ``callback(record)`` is called with each ``IterationRecord`` (progress, checkpoints).
     """
     theta = starting_values(model) if theta0 is None else np.asarray(theta0, float)
     t0 = time.perf_counter()
@@ -585,6 +586,8 @@ def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter:
         rec = IterationRecord(it, kind, theta.copy(), ev.loglik, step, decrement_new,
                               time.perf_counter() - t1)
         history.append(rec)
+        if callback is not None:
+            callback(rec)
         log.info("iter %d %s loglik=%.10g step=%.3g decrement=%.3g theta=%s (%.3fs)",
                  it, kind, ev.loglik, step, decrement_new, np.array2string(theta, precision=6),
                  rec.seconds)
