@@ -445,6 +445,8 @@ def _nullable(mf: ModelFormula, relmat: dict) -> set:
     """Grouping columns of relmat terms used nowhere else: a missing value there means
     an unknown level (no effect), not a row to drop."""
     own = {t.factors[0] for t in mf.random if t.group in relmat and len(t.factors) == 1}
+    if not own:
+        return set()
     other = {mf.response} | set(_fixed_variables(mf.fixed))
     for t in mf.random:
         other |= set(term_variables(t.expr))
