@@ -1,0 +1,102 @@
+"""Checkpoint and resume of a REML run (``--checkpoint FILE`` / ``checkpoint =``).
+
+After every AI-REML round the state is written as JSON, atomically (a temporary
+file in the same folder, flushed and fsync'ed, then ``os.replace``), so a job
+killed at any moment leaves either the previous or the new checkpoint, never a
+torn one:
+
+    {"format": 1, "fingerprint": {...}, "theta": [...], "rounds": [...],
+     "status": "running" | "converged" | "not converged"}
+
+``rounds`` holds each round's iteration, kind, logLik, step, decrement, seconds and
+θ. The fingerprint names the model and its data — formula, method, residual,
+weights, relmat, covary, structure, each data and pedigree file's size and
+SHA-256, the number of records, the MME's dimension and the number of parameters.
+On start, an existing checkpoint whose fingerprint matches is resumed: AI-REML
+starts at its θ (``mme.fit(start=θ)``) and the iteration log continues its rounds.
+A checkpoint of another model or data is refused (exit 1) with the keys that differ.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+FORMAT = 1
+
+
+def file_digest(path) -> dict:
+    """Size and SHA-256 of a file (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    path = Path(path)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def fingerprint(config, system) -> dict:
+    """What a checkpoint must match: the model's options, its files' digests, its sizes."""
+    return {
+        "formula": config.formula, "method": config.method.upper(),
+        "residual": config.residual, "weights": config.weights,
+        "relmat": sorted(config.relmat), "covary": config.covary, "structure": config.structure,
+        "data": [file_digest(p) for p in config.data],
+        "pedigree": file_digest(config.pedigree) if config.pedigree else None,
+        "n_records": int(system.design.n), "dim": int(system.dim), "k": int(system.k),
+    }
+
+
+def record_dict(rec) -> dict:
+    return {"iteration": int(rec.iteration), "kind": rec.kind, "loglik": float(rec.loglik),
+            "step": float(rec.step), "decrement": _num(rec.decrement),
+            "seconds": float(rec.seconds), "theta": [float(t) for t in rec.theta]}
+
+
+def _num(x):
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def save(path, fp: dict, theta, rounds: list, status: str = "running") -> None:
+    """Write the checkpoint atomically (temporary file + fsync + ``os.replace``)."""
+    path = Path(path)
+    state = {"format": FORMAT, "fingerprint": fp, "theta": [float(t) for t in theta],
+             "rounds": rounds, "status": status}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(state, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load(path) -> dict | None:
+    """The checkpoint at ``path``, or None when there is none."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"checkpoint {str(path)!r} is not a checkpoint file ({exc}); "
+                         "remove it or choose another --checkpoint") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "theta" not in state:
+        raise InputError(f"checkpoint {str(path)!r} is not a checkpoint of this version; "
+                         "remove it or choose another --checkpoint")
+    return state
+
+
+def check(state: dict, fp: dict, path) -> None:
+    """Refuse a checkpoint written for another model or data."""
+    old = state.get("fingerprint", {})
+    diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+    if diff:
+        raise InputError(f"checkpoint {str(path)!r} was written for another model or data "
+                         f"({', '.join(diff)} differ); remove it or choose another "
+                         "--checkpoint")

@@ -1,0 +1,112 @@
+"""Progress of a command-line run on stderr, and its log file.
+
+Each stage (reading data, the pedigree, the design, the symbolic analysis, every
+REML round) is one line on stderr, ``[mme] ...``; with ``tqdm`` installed the REML
+rounds are a tqdm bar instead (logLik, change and seconds as its postfix) and the
+lines go through ``tqdm.write`` so the bar stays at the bottom. ``--quiet`` turns
+stderr off. Everything is also written to the log file (``mme.log`` in the output
+folder), with the library's own per-iteration lines (logger ``"mme"``).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("mme.cli")
+
+
+def _tqdm():
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
+class Progress:
+    """Lines on stderr (unless quiet) and in the log; a tqdm bar for REML rounds if
+    tqdm is installed and ``bar`` is true."""
+
+    def __init__(self, quiet: bool = False, stream=None, bar: bool = True):
+        self.quiet = quiet
+        self.stream = stream if stream is not None else sys.stderr
+        self.tqdm = _tqdm() if bar else None
+        self._bar = None
+        self._t0 = time.perf_counter()
+        self._last_loglik = None
+        self.max_iter = None
+
+    def note(self, msg: str) -> None:
+        """One progress line (stderr and the log)."""
+        log.info(msg)
+        if self.quiet:
+            return
+        line = f"[mme] {msg}"
+        if self._bar is not None:
+            self.tqdm.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    # -- REML rounds -----------------------------------------------------------
+    def reml_start(self, max_iter: int, loglik0: float | None = None) -> None:
+        self.max_iter = max_iter
+        self._last_loglik = loglik0
+        self._t0 = time.perf_counter()
+        if self.tqdm is not None and not self.quiet:
+            self._bar = self.tqdm(total=max_iter, desc="AI-REML", unit="round",
+                                  file=self.stream, leave=False, dynamic_ncols=True)
+
+    def reml_round(self, rec) -> None:
+        """One AI-REML round (a ``reml.IterationRecord``)."""
+        change = (rec.loglik - self._last_loglik) if self._last_loglik is not None else None
+        self._last_loglik = rec.loglik
+        ch = f"{change:+.3g}" if change is not None else "-"
+        msg = (f"REML round {rec.iteration}: {rec.kind}, logLik {rec.loglik:.6f}, change {ch}, "
+               f"decrement {rec.decrement:.2g}, {rec.seconds:.2f} s")
+        log.info(msg)
+        if self.quiet:
+            return
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(logLik=f"{rec.loglik:.4f}", change=ch,
+                                  s=f"{rec.seconds:.2f}")
+        else:
+            print(f"[mme] {msg}", file=self.stream, flush=True)
+
+    def reml_end(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class LogFile:
+    """Attach a file handler to the ``mme`` loggers for the duration of a run."""
+
+    def __init__(self, path):
+        self.path = path
+        self.handler = None
+        self._levels = {}
+
+    def __enter__(self):
+        if self.path is None:
+            return self
+        self.handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s "
+                                                    "%(message)s"))
+        for name in ("mme",):
+            lg = logging.getLogger(name)
+            self._levels[name] = lg.level
+            lg.setLevel(logging.INFO)
+            lg.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.handler is None:
+            return False
+        for name, level in self._levels.items():
+            lg = logging.getLogger(name)
+            lg.removeHandler(self.handler)
+            lg.setLevel(level)
+        self.handler.close()
+        return False
