@@ -48,6 +48,10 @@ def check_formula(formula: str, columns) -> None:
     cols = set(map(str, columns))
     if "cbind" in formula:
         cols.add("trait")
+    dunder = re.search(r"[A-Za-z0-9_.]*__[A-Za-z0-9_.]*", formula)
+    if dunder:
+        raise InputError(f"formula {formula!r}: {dunder.group()!r} is not allowed (no dunder "
+                         "names in a formula)")
     tokens, pos = [], 0
     while pos < len(formula):
         m = _TOKEN.match(formula, pos)

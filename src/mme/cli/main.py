@@ -195,7 +195,10 @@ def _dispatch(args) -> int:
 def main(argv=None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit
     status (0 done, 1 bad input, 2 not converged)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:      # --help, --version (0) or a usage error (1)
+        return int(exc.code or 0)
     try:
         return _dispatch(args)
     except (InputError, MMEError, OSError, UnicodeDecodeError) as exc:

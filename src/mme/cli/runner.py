@@ -37,11 +37,20 @@ def load_pedigree(path, sep="auto", missing=None, columns=("id", "sire", "dam"),
                   progress: Progress | None = None):
     """(Pedigree, its warnings as lines) from a file (see ``io.read_pedigree_frame``)."""
     frame = read_pedigree_frame(path, sep=sep, columns=columns)
+    tokens = tuple(missing) if missing is not None else DEFAULT_MISSING
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ped = mme.Pedigree.from_frame(frame, *columns,
-                                      missing=missing if missing is not None
-                                      else DEFAULT_MISSING)
+        try:
+            ped = mme.Pedigree.from_frame(frame, *columns, missing=tokens)
+        except mme.PedigreeError as exc:
+            from .pedigree import SUSPICIOUS
+            odd = [i for i in getattr(exc, "ids", []) if SUSPICIOUS.match(str(i))]
+            if not odd:
+                raise
+            declared = [str(t) for t in tokens if t]
+            raise mme.PedigreeError(
+                f"{path}: {exc} ({', '.join(map(repr, odd))} looks like an undeclared "
+                f"unknown-parent code: --missing {','.join(declared + odd)})") from exc
     lines = [_warning_line(w) for w in caught]
     if progress is not None:
         for line in lines:
@@ -200,7 +209,7 @@ def _pcg(cfg, design, progress: Progress, out: Path) -> int:
     if cfg.variances is None:
         raise InputError("--solver pcg solves at known variances: give --variances")
     progress.note("solving the MME at the given variances by PCG (no factorization)")
-    res = solve_pcg(design, cfg.variances, max_iter=max(cfg.max_iter, 5000))
+    res = solve_pcg(design, cfg.variances, tol=1e-10, max_iter=max(cfg.max_iter, 5000))
     paths = outputs.write_pcg(out, res, cfg.formula)
     progress.note(f"PCG {'converged' if res.converged else 'NOT converged'} in {res.n_iter} "
                   f"iterations; wrote {', '.join(p.name for p in paths)} to {out}")

@@ -1,0 +1,363 @@
+"""The command line (``mme.cli``): driven in-process through ``main([...])`` as a user
+would type it, and once as a subprocess (``python -m mme --help``). The files it
+writes are compared with the Python API's tables on the bundled animal example."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mme
+from mme.cli import memory
+from mme.cli.errors import InputError
+from mme.cli.formulas import check_formula
+from mme.cli.main import main
+from mme.examples.animal import FORMULA, load_animal
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "src" / "mme" / "data"
+RECORDS, PEDIGREE = DATA / "animal_records.csv", DATA / "animal_pedigree.csv"
+TOML = ROOT / "tests" / "data" / "cli" / "animal.toml"
+FILES = ("fixed_effects.csv", "random_effects.csv", "variance_components.csv",
+         "iteration_log.csv", "summary.txt", "methods.md", "mme.log")
+
+
+@pytest.fixture(scope="module")
+def api_fit():
+    ped_df, records = load_animal()
+    ped = mme.Pedigree.from_frame(ped_df)
+    return mme.fit(FORMULA, records, relmat={"id": ped}), ped
+
+
+def _fit_args(out, *extra):
+    return ["fit", FORMULA, "--data", str(RECORDS), "--pedigree", str(PEDIGREE),
+            "--relmat", "id", "--out", str(out), "--quiet", *extra]
+
+
+def _err_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("mme: error: ")
+    return err[0]
+
+
+def _assert_same_tables(out: Path, fit):
+    fe = pd.read_csv(out / "fixed_effects.csv", index_col="term")
+    pd.testing.assert_frame_equal(fe, fit.fixed_effects, check_exact=False, rtol=1e-12)
+    vc = pd.read_csv(out / "variance_components.csv", keep_default_na=False,
+                     dtype={"term1": str, "term2": str})
+    vc["estimate"] = vc["estimate"].astype(float)
+    np.testing.assert_allclose(vc["estimate"], fit.variance_components["estimate"], rtol=1e-12)
+    np.testing.assert_allclose(vc["std_error"].astype(float),
+                               fit.variance_components["std_error"], rtol=1e-12)
+    assert list(vc["group"]) == list(fit.variance_components["group"])
+    re_ = pd.read_csv(out / "random_effects.csv", dtype={"level": str})
+    api = fit.random_effects
+    assert list(re_.columns) == list(api.columns)
+    assert list(re_["level"]) == [str(x) for x in api["level"]]
+    for c in ("blup", "pev", "cond_var", "reliability", "accuracy"):
+        np.testing.assert_allclose(re_[c], api[c], rtol=1e-10, atol=1e-12)
+    assert (out / "summary.txt").read_text().strip() == fit.summary().strip()
+
+
+# -- mme fit / mme run -----------------------------------------------------------------
+def test_fit_writes_the_api_tables(tmp_path, api_fit, capsys):
+    fit, ped = api_fit
+    assert main(_fit_args(tmp_path)) == 0
+    for name in FILES:
+        assert (tmp_path / name).exists(), name
+    _assert_same_tables(tmp_path, fit)
+    log = pd.read_csv(tmp_path / "iteration_log.csv")
+    np.testing.assert_allclose(log["loglik"], fit.iteration_log["loglik"], rtol=1e-12)
+    methods = (tmp_path / "methods.md").read_text()
+    for fact in ("414 records", "AI-REML", "Gilmour", "469 animals", "Meuwissen", "herd effects "
+                 "(8 levels)", "Satterthwaite", f"mme {mme.__version__}",
+                 f"converged after {fit.n_iter} rounds", f"{fit.loglik:.4f}",
+                 f"{ped.n_founders} founders", "5 generations", "AMD"):
+        assert fact in methods, fact
+    assert "REML round" in (tmp_path / "mme.log").read_text()
+    assert capsys.readouterr().err == ""          # --quiet
+
+
+def test_run_parameter_file_equals_fit(tmp_path, api_fit):
+    assert main(["run", str(TOML), "--out", str(tmp_path), "--quiet"]) == 0
+    _assert_same_tables(tmp_path, api_fit[0])
+
+
+def test_blupf90_whitespace_files_without_header(tmp_path, api_fit):
+    records = pd.read_csv(RECORDS)
+    rec_file = tmp_path / "renf90.dat"
+    rec_file.write_text("\n".join(" ".join(f"{v:>6}" for v in row)
+                                  for row in records[["id", "herd", "sex", "weight"]]
+                                  .itertuples(index=False)) + "\n")
+    ped = pd.read_csv(PEDIGREE, dtype=str)
+    ped_file = tmp_path / "ped.txt"
+    ped_file.write_text("\n".join(f"{a} {s} {d}" for a, s, d in ped.itertuples(index=False)))
+    # numbers-only first line and no names: refused, naming the way out
+    assert main(["fit", FORMULA, "--data", str(rec_file), "--quiet", "--out",
+                 str(tmp_path / "x")]) == 1
+    out = tmp_path / "out"
+    assert main(["fit", FORMULA, "--data", str(rec_file), "--names", "id,herd,sex,weight",
+                 "--pedigree", str(ped_file), "--relmat", "id", "--missing", "0",
+                 "--out", str(out), "--quiet"]) == 0
+    _assert_same_tables(out, api_fit[0])
+
+
+def test_parquet(tmp_path, api_fit, capsys):
+    path = tmp_path / "records.parquet"
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        path.write_bytes(b"PAR1 not really")
+        assert main(_fit_args(tmp_path / "o")[:3] + [str(path)] + _fit_args(tmp_path)[4:]) == 1
+        assert "pip install 'mme[parquet]'" in _err_line(capsys)
+        return
+    pd.read_csv(RECORDS, dtype={"id": str}).to_parquet(path)
+    args = _fit_args(tmp_path)
+    args[3] = str(path)
+    assert main(args) == 0
+    _assert_same_tables(tmp_path, api_fit[0])
+
+
+def test_known_variances_and_pcg(tmp_path):
+    ped_df, records = load_animal()
+    ped = mme.Pedigree.from_frame(ped_df)
+    v = {"herd": 118.0, "id": 100.0, "Residual": 140.0}
+    api = mme.fit(FORMULA, records, relmat={"id": ped}, variances=v)
+    text = "herd=118,id=100,Residual=140"
+    assert main(_fit_args(tmp_path / "d", "--variances", text)) == 0
+    re_ = pd.read_csv(tmp_path / "d" / "random_effects.csv", dtype={"level": str})
+    np.testing.assert_allclose(re_["blup"], api.random_effects["blup"], rtol=1e-10, atol=1e-10)
+    assert "given variances" in (tmp_path / "d" / "methods.md").read_text()
+    assert main(_fit_args(tmp_path / "p", "--variances", text, "--solver", "pcg")) == 0
+    pcg = pd.read_csv(tmp_path / "p" / "random_effects.csv", dtype={"level": str})
+    np.testing.assert_allclose(pcg["blup"], api.random_effects["blup"], atol=1e-5)
+
+
+# -- bad input: exit 1, one line naming the culprit ------------------------------------
+@pytest.mark.parametrize("args, culprit", [
+    (["fit", FORMULA, "--data", "nope.csv"], "'nope.csv' not found"),
+    (["fit", "weight ~ sexx + (1|herd)", "--data", str(RECORDS)], "'sexx' is not a column"),
+    (["fit", FORMULA, "--data", str(RECORDS), "--pedigree", str(PEDIGREE)], "--relmat"),
+    (["fit", FORMULA, "--data", str(RECORDS), "--variances", "id=abc"], "'id'"),
+    (["fit", FORMULA, "--data", str(RECORDS), "--method", "XX"], "argument --method"),
+    (["fit", FORMULA], "--data"),
+    (["fit", FORMULA, "--data", str(RECORDS), "--memory-limit", "lots"], "'lots'"),
+    (["fit", "weight ~ sex + (1|herd)", "--data", str(RECORDS), "--weights", "w"], "'w'"),
+    (["run", "missing.toml"], "'missing.toml' not found"),
+])
+def test_bad_input_exits_1_with_one_line(tmp_path, capsys, args, culprit):
+    assert main(args + ["--out", str(tmp_path), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert culprit in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("body, culprit", [
+    ('[model]\nformula = "weight ~ sex"\n', "missing key 'files' in [data]"),
+    ('[data]\nfiles = ["r.csv"]\n', "missing key 'formula' in [model]"),
+    ('[data]\nfiles = ["r.csv"]\nsepp = ","\n[model]\nformula = "y ~ x"\n',
+     "unknown key 'sepp' in [data]"),
+    ('[data]\nfiles = ["nothere.csv"]\n[model]\nformula = "y ~ x"\n', "nothere.csv' not found"),
+    ('[data]\nfiles = ["REC"]\n[model]\nformula = "weight ~ sex + (1|herd)"\n'
+     'relmat = ["id"]\n', "relmat needs a [pedigree]"),
+    ('[data]\nfiles = ["REC"]\n[model]\nformula = "weight ~ sex + (1|hrd)"\n',
+     "column(s) 'hrd' not found"),
+    ('[data\nfiles=1', "not valid TOML"),
+])
+def test_bad_parameter_files(tmp_path, capsys, body, culprit):
+    path = tmp_path / "model.toml"
+    path.write_text(body.replace("REC", RECORDS.as_posix()))
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    assert culprit in _err_line(capsys)
+
+
+def test_formula_from_a_file_executes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.toml"
+    path.write_text(f'[data]\nfiles = ["{RECORDS.as_posix()}"]\n[model]\n'
+                    "formula = 'weight ~ I(__import__(\"os\").system(\"touch pwned\"))'\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    assert "'__import__' is not allowed" in _err_line(capsys)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_formula_allow_list():
+    cols = ["y", "x", "log.y", "g", "a"]
+    for ok in ("y ~ x + (1|g)", "log(y) ~ poly(x, degree=2) + (x || g)", "log.y ~ I(x**2) + C(a)",
+               "cbind(y, x) ~ 0 + trait + (0 + trait | g)", "y ~ scale(x) + a:x + a*x - 1"):
+        check_formula(ok, cols)
+    for bad, msg in (("y ~ x.real", "attribute access"), ("y ~ eval(x)", "call eval"),
+                     ("y ~ x[0]", "'['"), ("y ~ C(a, 'x')", "strings"),
+                     ("y ~ lambda", "not a column"), ("y ~ (x", "unbalanced")):
+        with pytest.raises(InputError, match=msg.replace("[", r"\[").replace("(", r"\(")):
+            check_formula(bad, cols)
+
+
+def test_usage_error_exits_1(capsys):
+    assert main(["bogus"]) == 1
+    assert main(["pedigree"]) == 1
+    assert main(["--help"]) == 0
+    assert "mme run model.toml" not in capsys.readouterr().err
+
+
+def test_run_help_documents_the_keys(capsys):
+    assert main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    for key in ("[data]", "files", "factors", "[model]", "formula", "relmat", "variances",
+                "[pedigree]", "missing", "[options]", "max_iter", "ordering", "checkpoint",
+                "memory_limit", "[output]", "folder"):
+        assert key in out, key
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    assert main(["fit", FORMULA, "--data", "nope.csv", "--debug", "--quiet",
+                 "--out", str(tmp_path)]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+# -- convergence, checkpoint and resume -------------------------------------------------
+def test_checkpoint_resume_reaches_the_uninterrupted_fit(tmp_path, api_fit, capsys):
+    fit = api_fit[0]
+    ck = tmp_path / "fit.ckpt.json"
+    # a run stopped after one round: exit 2, results written, checkpoint of round 1
+    assert main(_fit_args(tmp_path / "a", "--checkpoint", str(ck), "--max-iter", "1")) == 2
+    state = json.loads(ck.read_text())
+    assert state["status"] == "not converged" and len(state["theta"]) == 3
+    assert [r["iteration"] for r in state["rounds"]] == [0, 1]
+    assert not list(tmp_path.glob(".*.tmp"))        # written atomically, nothing left over
+    # resumed: the same estimates as the uninterrupted fit
+    assert main(_fit_args(tmp_path / "b", "--checkpoint", str(ck))) == 0
+    vc = pd.read_csv(tmp_path / "b" / "variance_components.csv")
+    np.testing.assert_allclose(vc["estimate"], fit.variance_components["estimate"], rtol=1e-8)
+    log = pd.read_csv(tmp_path / "b" / "iteration_log.csv")
+    assert log["iteration"].tolist() == list(range(len(log)))
+    assert abs(log["loglik"].iloc[-1] - fit.loglik) < 1e-8 * abs(fit.loglik)
+    assert json.loads(ck.read_text())["status"] == "converged"
+    assert "resumed from a checkpoint after 1" in (tmp_path / "b" / "methods.md").read_text()
+    # another model is refused by the fingerprint
+    capsys.readouterr()
+    args = _fit_args(tmp_path / "c", "--checkpoint", str(ck), "--method", "ML")
+    assert main(args) == 1
+    assert "method differ" in _err_line(capsys)
+
+
+# -- memory forecast ----------------------------------------------------------------------
+def test_memory_forecast_refuses_with_figures(tmp_path, capsys, monkeypatch):
+    assert main(_fit_args(tmp_path, "--memory-limit", "100K")) == 1
+    line = _err_line(capsys)
+    for piece in ("not enough memory", "predicted", "nnz(L) = 3,788", "available 100.0 KiB",
+                  "--solver pcg", "--ordering"):
+        assert piece in line, piece
+    assert not (tmp_path / "fixed_effects.csv").exists()
+    monkeypatch.setenv("MME_MEMORY_LIMIT", "1K")
+    assert main(_fit_args(tmp_path)) == 1
+    assert "available 1.0 KiB" in _err_line(capsys)
+    assert main(_fit_args(tmp_path, "--memory-limit", "off")) == 0
+
+
+def test_nnz_of_L_from_the_pattern_is_exact():
+    import scipy.sparse as sp
+    from sksparse import cholmod
+    A = sp.random(400, 400, 0.01, format="csc", random_state=3)
+    A = sp.csc_matrix(sp.tril(A @ A.T + 40 * sp.identity(400)))
+    for ordering in ("amd", "metis", "natural"):
+        f = cholmod.analyze(A, ordering_method=ordering, mode="simplicial")
+        f.cholesky_inplace(A)
+        assert memory.cholesky_nnz(A, f.P()) == f.L().nnz
+    assert memory.parse_size("1.5G") == 3 * 2 ** 29
+    avail, source = memory.available_memory()
+    assert avail > 0 and source
+
+
+# -- progress -------------------------------------------------------------------------------
+def test_progress_lines_and_tqdm_bar(tmp_path, capsys, monkeypatch):
+    args = [a for a in _fit_args(tmp_path) if a != "--quiet"]
+    assert main(args) == 0
+    cap = capsys.readouterr()
+    for piece in ("[mme] reading data", "[mme] pedigree: 469 animals", "[mme] design: 414",
+                  "nnz(L) 3,788", "[mme] REML round 1: AI, logLik"):
+        assert piece in cap.err, piece
+    assert "Variance components:" in cap.out        # the summary on stdout
+
+    class FakeBar:
+        made = []
+
+        def __init__(self, **kw):
+            self.kw, self.n, self.post = kw, 0, None
+            FakeBar.made.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix(self, **kw):
+            self.post = kw
+
+        def close(self):
+            pass
+
+        @staticmethod
+        def write(line, file=None):
+            print(line, file=file)
+
+    fake = type(sys)("tqdm")
+    fake.tqdm = FakeBar
+    monkeypatch.setitem(sys.modules, "tqdm", fake)
+    assert main(args) == 0
+    assert FakeBar.made and FakeBar.made[0].n >= 3 and "logLik" in FakeBar.made[0].post
+    assert "REML round" not in capsys.readouterr().err
+
+
+# -- pedigree commands -------------------------------------------------------------------
+def test_pedigree_check_and_inbreeding(tmp_path, capsys, api_fit):
+    ped = api_fit[1]
+    assert main(["pedigree", "check", str(PEDIGREE)]) == 0
+    out = capsys.readouterr().out
+    assert "469 animals" in out and f"founders (both parents unknown): {ped.n_founders}" in out
+    assert "generations: 5" in out and "109 inbred" in out and out.rstrip().endswith(
+        "(0 warnings)")
+    f_csv = tmp_path / "F.csv"
+    assert main(["pedigree", "inbreeding", str(PEDIGREE), "--out", str(f_csv)]) == 0
+    tab = pd.read_csv(f_csv, dtype={"id": str})
+    np.testing.assert_allclose(tab.set_index("id")["F"].reindex(ped.ids), ped.inbreeding,
+                               rtol=0, atol=1e-15)
+
+
+def test_pedigree_check_faults(tmp_path, capsys):
+    loop = tmp_path / "loop.txt"
+    loop.write_text("id sire dam\nA B C\nB A C\nC 0 0\nE C A\n")
+    assert main(["pedigree", "check", str(loop)]) == 1
+    line = _err_line(capsys)
+    assert "own ancestors" in line and "used both as a sire and as a dam" in line
+    dash = tmp_path / "dash.txt"
+    dash.write_text("S - -\nD - -\nK S D\n")       # '-' as sire and as dam: a code
+    assert main(["pedigree", "check", str(dash)]) == 1
+    assert "'-' looks like an undeclared unknown-parent code: --missing 0,NA,-" in \
+        _err_line(capsys)
+    assert main(["pedigree", "check", str(dash), "--missing", "-"]) == 0
+    capsys.readouterr()
+    odd = tmp_path / "odd.csv"
+    odd.write_text("id,sire,dam,born\nS,-,?,2000\nD,-,?,2001\nK,S,D,2001\nK,S,D,2001\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")     # the CLI reports warnings, it does not raise them
+        assert main(["pedigree", "check", str(odd), "--birth-year", "born"]) == 0
+    out = capsys.readouterr().out
+    assert "parent id '-'" in out and "--missing" in out      # undeclared unknown code
+    assert "exact duplicate" in out
+    assert "born no later than a parent (born): K" in out
+
+
+def test_python_m_mme_help():
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    res = subprocess.run([sys.executable, "-m", "mme", "--help"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert res.returncode == 0
+    for word in ("fit", "run", "pedigree", "exit status"):
+        assert word in res.stdout
