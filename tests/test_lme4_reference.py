@@ -189,20 +189,26 @@ def test_summary_prints_lme4s_numbers(name):
     np.testing.assert_allclose([aic, bic, ll], [ref["AIC"], ref["BIC"], ref["logLik"]], rtol=0,
                                atol=PRINTED_4_DECIMALS + 2 * ATOL_LOGLIK)
     assert lines[i + 2].startswith("converged in ")
-    # variance components: estimate, std_error, std_dev are the last three columns
+    # variance components: estimate, std_error, std_dev, corr are the last four columns
+    # (std_dev NaN on a covariance row, corr NaN on a variance row, as lme4's VarCorr)
     i = lines.index("Variance components:")
     vc = fit.variance_components
     want = _lme4_varcorr(ref)
     rows = lines[i + 2:i + 2 + len(vc)]
-    est = [_numbers(ln, 3)[0] for ln in rows]
+    est = [_numbers(ln, 4)[0] for ln in rows]
     keys = [(r.group, r.term1, r.term2) for r in vc.itertuples()]
     np.testing.assert_allclose(est, [want[k] for k in keys],
                                rtol=PRINTED_6_SIGNIF + RTOL_VC, atol=0)
     for ln, k in zip(rows, keys):
         assert ln.split()[0] == k[0]
+        sd, corr = _numbers(ln, 2)
         if not k[2]:   # std_dev of a variance row
-            np.testing.assert_allclose(_numbers(ln, 1)[0], np.sqrt(want[k]),
-                                       rtol=PRINTED_6_SIGNIF + RTOL_VC, atol=0)
+            np.testing.assert_allclose(sd, np.sqrt(want[k]), rtol=PRINTED_6_SIGNIF + RTOL_VC,
+                                       atol=0)
+        else:          # the correlation of a covariance row
+            r = want[k] / np.sqrt(want[(k[0], k[1], "")] * want[(k[0], k[2], "")])
+            # achieved 4.3e-5 (the variance components' own stopping error)
+            np.testing.assert_allclose(corr, r, rtol=PRINTED_6_SIGNIF + RTOL_VC, atol=0)
     nobs_line = lines[i + 2 + len(vc)]
     assert nobs_line.startswith(f"Number of obs: {ref['nobs']}; groups: ")
     for g in ref["ranef"]:   # lme4's number of levels of each grouping factor

@@ -469,9 +469,18 @@ class Fit:
         lines.append("")
         lines.append("Variance components:")
         vc = self._vc_table.copy()
-        vc["std_dev"] = np.where(vc["term2"] == "", np.sqrt(np.abs(vc["estimate"])), np.nan)
+        # lme4's VarCorr: the SD of each variance, the correlation of each covariance
+        sd = {(r.group, r.term1): np.sqrt(abs(r.estimate))
+              for r in vc.itertuples() if r.term2 == ""}
+        vc["std_dev"] = [np.sqrt(abs(r.estimate)) if r.term2 == "" else np.nan
+                         for r in vc.itertuples()]
+        vc["corr"] = [r.estimate / (sd[(r.group, r.term1)] * sd[(r.group, r.term2)])
+                      if r.term2 != "" and (r.group, r.term1) in sd and (r.group, r.term2) in sd
+                      and sd[(r.group, r.term1)] * sd[(r.group, r.term2)] > 0 else np.nan
+                      for r in vc.itertuples()]
         lines.append(vc.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
-        ngr = ", ".join(f"{b.group}, {len(b.levels)}" for b in self.blocks)
+        ngr = ", ".join(f"{g}, {n}" for g, n in
+                        dict((b.group, len(b.levels)) for b in self.blocks).items())
         lines.append(f"Number of obs: {self.nobs}" + (f"; groups: {ngr}" if ngr else ""))
         lines.append("")
         lines.append(f"Fixed effects (df: {self.df_method}):")
