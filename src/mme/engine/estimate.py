@@ -195,6 +195,10 @@ def _ai_reml(likelihood: Likelihood, max_iter: int, verbose: bool, theta0=None,
     return ai
 
 
+#: an FA block with at most this many terms starts from the unstructured fit
+FA_START_US_MAX_D = 8
+
+
 def _fa_start(likelihood: Likelihood, max_iter: int) -> np.ndarray | None:
     """Starting θ for a model with factor-analytic blocks: the FA(k) approximation of
     those blocks' G₀ from the same model fitted unstructured (as ASReml users start FA
@@ -204,7 +208,11 @@ def _fa_start(likelihood: Likelihood, max_iter: int) -> np.ndarray | None:
     if not any(s.fa_k for s in mme.structures):
         return None
     design = mme.design
-    us = replace(design, blocks=tuple(replace(b, structure=None) for b in design.blocks))
+    # unstructured G₀ has d(d+1)/2 parameters: beyond FA_START_US_MAX_D terms the start
+    # comes from a diagonal G₀ instead (its FA approximation adds correlations of 0.5)
+    us = replace(design, blocks=tuple(
+        replace(b, structure=None if b.d <= FA_START_US_MAX_D else "diag")
+        if b.structure and str(b.structure).startswith("fa") else b for b in design.blocks))
     lik_us = Likelihood(MME(us, ordering=mme.ordering), likelihood.method)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
