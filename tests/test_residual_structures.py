@@ -769,3 +769,34 @@ def test_two_traits_with_diagonal_covariances_are_two_univariate_fits():
         fe = both.fixed_effects["estimate"]
         np.testing.assert_allclose([fe[f"trait{t}"], fe[f"trait{t}:x"]],
                                    f.fixed_effects["estimate"].to_numpy(), rtol=RTOL_SPLIT_BETA)
+
+
+def test_multi_trait_predict_and_emmeans_by_trait():
+    df = _sire_bivariate()
+    df["sex"] = np.where(np.arange(len(df)) % 2, "M", "F")
+    fit = mme.fit("cbind(y1, y2) ~ 0 + trait + trait:sex + (0 + trait | sire)", df)
+    # predict on the wide rows = the fitted values of the long rows (unit-major)
+    p = fit.predict(df.head(5))
+    d = fit.internals.design.data
+    fitted = pd.Series(fit.fitted(), index=pd.MultiIndex.from_arrays([d[".unit"], d["trait"]]))
+    for i in range(5):
+        for t in ("y1", "y2"):
+            if (i, t) in fitted.index:
+                assert abs(p.loc[i, t] - fitted[(i, t)]) < 1e-10
+    # emmeans of sex within each trait: the trait-specific sex means
+    em = fit.emmeans("sex", by="trait", df_method="kenward-roger").table
+    fe = fit.fixed_effects["estimate"]
+    got = em.set_index(["trait", "sex"])["emmean"]
+    assert abs(got[("y1", "F")] - fe["traity1"]) < 1e-10
+    assert abs(got[("y2", "M")] - (fe["traity2"] + fe["traity2:sexM"])) < 1e-10
+
+
+def test_spatial_and_by_bad_input():
+    df = _field()
+    with pytest.raises(mme.DataError, match="'row' is missing"):
+        mme.fit("y ~ x", df.assign(row=df.row.where(df.index != 7)), residual="ar1(col):ar1(row)")
+    s = _sites()
+    lone = pd.concat([s, s.iloc[[0]].assign(site="d")], ignore_index=True)
+    lone["site"] = lone["site"].astype(str)
+    with pytest.raises(mme.DataError, match=r"\['d'\].*fewer than two"):
+        mme.fit("y ~ x + (1|g)", lone, residual="by(site)")

@@ -68,10 +68,13 @@ def predict(fit, newdata: pd.DataFrame | None = None, include_random: bool = Tru
         return pd.Series(values, index=design.data.index, name="predicted")
     if not isinstance(newdata, pd.DataFrame):
         raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
-    terms = parse_formula(fit.formula).random if include_random else ()
-    if design.residual.factor == "trait" or (include_random and len(terms) != len(fit.blocks)):
-        raise OptionError("predict(newdata) is not available yet for multi-response "
-                          "(cbind) or covary fits; fitted() gives the fitted values")
+    mf = parse_formula(fit.formula)
+    terms = mf.random if include_random else ()
+    if include_random and len(terms) != len(fit.blocks):
+        raise OptionError("predict(newdata) is not available yet for covary fits; "
+                          "fitted() gives the fitted values")
+    if mf.multi_response:
+        return _predict_traits(fit, mf, newdata, include_random)
     needed = _needed_columns(design.fixed_spec, terms)
     missing = [c for c in needed if c not in newdata.columns]
     if missing:
@@ -87,6 +90,35 @@ def predict(fit, newdata: pd.DataFrame | None = None, include_random: bool = Tru
             eta += _random_part(design, term, block, rows)
         out[complete] = eta
     return pd.Series(out, index=newdata.index, name="predicted")
+
+
+def _predict_traits(fit, mf, newdata: pd.DataFrame, include_random: bool) -> pd.DataFrame:
+    """A multi-response (cbind) fit: one prediction per row of wide ``newdata`` and
+    trait, as a DataFrame indexed like ``newdata`` with one column per response."""
+    from ..model.design import TRAIT
+    if TRAIT in newdata.columns:
+        raise DataError(f"newdata of a cbind() fit must not have a column {TRAIT!r}: one "
+                        "prediction per trait is made for each row")
+    traits = list(mf.responses)
+    n = len(newdata)
+    long = newdata.loc[np.repeat(newdata.index.to_numpy(), len(traits))].reset_index(drop=True)
+    long[TRAIT] = pd.Categorical(np.tile(np.array(traits, dtype=object), n), categories=traits)
+    uni = predict(_Univariate(fit), long, include_random=include_random).to_numpy()
+    return pd.DataFrame(uni.reshape(n, len(traits)), index=newdata.index, columns=traits)
+
+
+class _Univariate:
+    """A view of a cbind fit whose formula has its first response, so that the long
+    rows (with ``trait``) go through the single-response prediction."""
+
+    def __init__(self, fit):
+        self._fit = fit
+        mf = parse_formula(fit.formula)
+        self.formula = fit.formula.split("~", 1)[1]
+        self.formula = f"{mf.responses[0]} ~{self.formula}"
+
+    def __getattr__(self, name):
+        return getattr(self._fit, name)
 
 
 # -- fixed part ------------------------------------------------------------------
@@ -182,6 +214,8 @@ def _term_matrix(design, term, rows: pd.DataFrame) -> tuple:
     stateful transforms (``center(x)``) keep the fit's centring."""
     for v in sorted(term_variables(term.expr)):
         col = rows[v]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            continue        # a factor such as trait: one column per level
         if not pd.api.types.is_numeric_dtype(col) or col.dtype == bool:
             raise DataError(f"random slope variable {v!r} in ({term.expr} | {term.group}) "
                             f"must be numeric in newdata, it is {col.dtype}")

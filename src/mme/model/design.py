@@ -416,7 +416,8 @@ def build_design(formula: str | ModelFormula, data: pd.DataFrame,
     for g in relmat:
         if g not in {t.group for t in mf.random}:
             raise FormulaError(f"relmat given for {g!r}, but the formula has no (… | {g}) term")
-    data = _drop_missing(data, [c for c in cols + extra if c not in _nullable(mf, relmat)])
+    keep_na = _nullable(mf, relmat) | (set(rfactor[:2]) if kind == "ar1ar1" else set())
+    data = _drop_missing(data, [c for c in cols + extra if c not in keep_na])
     y = _response(data, mf.response)
     w = _weights(data, weights)
     X, names, aliased, spec = _fixed_matrix(mf, data)

@@ -295,6 +295,11 @@ def residual_structure(kind: str, factor: str | None, n: int, level_codes=None,
     elif kind == "diag":
         levels = tuple(str(x) for x in level_names)
         codes = np.asarray(level_codes, dtype=np.int64)
+        counts = np.bincount(codes, minlength=len(levels))
+        few = [levels[a] for a in range(len(levels)) if 0 < counts[a] < 2]
+        if few:
+            raise DataError(f"residual {kind}({factor}): level(s) {few} have fewer than two "
+                            "records; their residual variance cannot be estimated")
         patterns = tuple(Pattern((a,), np.flatnonzero(codes == a)[:, None])
                          for a in range(len(levels)) if np.any(codes == a))
     else:

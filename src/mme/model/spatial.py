@@ -303,6 +303,10 @@ def spatial_residual(data, col: str, row: str, by: str | None = None) -> Spatial
     coords = []
     for name in (col, row):
         x = np.asarray(data[name], dtype=float)
+        if np.any(np.isnan(x)):
+            bad = data.index[np.isnan(x)][:5].tolist()
+            raise DataError(f"spatial coordinate column {name!r} is missing for rows {bad}: "
+                            "every record needs its plot position")
         if not np.all(np.isfinite(x)) or np.any(x != np.round(x)):
             raise DataError(f"spatial coordinate column {name!r} must hold integers "
                             "(plot positions)")
