@@ -112,6 +112,8 @@ def inbreeding(path, out_path, sep="auto", missing=None, columns=("id", "sire", 
     for line in notes:
         out(f"warning: {line}")
     tab = ped.to_frame()
+    tokens = [str(t) for t in _missing(missing) if t is not None]
+    tab = tab.fillna("0" if "0" in tokens else (tokens[0] if tokens else ""))  # as read
     tab["F"] = ped.inbreeding.to_numpy()
     out_path = Path(out_path)
     if out_path.parent and not out_path.parent.exists():
