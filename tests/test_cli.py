@@ -234,7 +234,11 @@ def test_checkpoint_resume_reaches_the_uninterrupted_fit(tmp_path, api_fit, caps
     assert [r["iteration"] for r in state["rounds"]] == [0, 1]
     assert not list(tmp_path.glob(".*.tmp"))        # written atomically, nothing left over
     # resumed: the same estimates as the uninterrupted fit
-    assert main(_fit_args(tmp_path / "b", "--checkpoint", str(ck))) == 0
+    args = [a for a in _fit_args(tmp_path / "b", "--checkpoint", str(ck)) if a != "--quiet"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "resuming from checkpoint" in err and "REML round 2: AI" in err
+    assert "REML round 1:" not in err
     vc = pd.read_csv(tmp_path / "b" / "variance_components.csv")
     np.testing.assert_allclose(vc["estimate"], fit.variance_components["estimate"], rtol=1e-8)
     log = pd.read_csv(tmp_path / "b" / "iteration_log.csv")

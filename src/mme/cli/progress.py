@@ -57,12 +57,13 @@ class Progress:
             self._bar = self.tqdm(total=max_iter, desc="AI-REML", unit="round",
                                   file=self.stream, leave=False, dynamic_ncols=True)
 
-    def reml_round(self, rec) -> None:
-        """One AI-REML round (a ``reml.IterationRecord``)."""
+    def reml_round(self, rec, offset: int = 0) -> None:
+        """One AI-REML round (a ``reml.IterationRecord``; ``offset``: rounds of the run
+        this one resumes)."""
         change = (rec.loglik - self._last_loglik) if self._last_loglik is not None else None
         self._last_loglik = rec.loglik
         ch = f"{change:+.3g}" if change is not None else "-"
-        msg = (f"REML round {rec.iteration}: {rec.kind}, logLik {rec.loglik:.6f}, change {ch}, "
+        msg = (f"REML round {rec.iteration + offset}: {rec.kind}, logLik {rec.loglik:.6f}, change {ch}, "
                f"decrement {rec.decrement:.2g}, {rec.seconds:.2f} s")
         log.info(msg)
         if self.quiet:

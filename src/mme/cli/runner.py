@@ -132,7 +132,7 @@ def _run(cfg, progress: Progress, out: Path, caught: list) -> int:
         offset = max([r["iteration"] for r in previous], default=0)
 
         def callback(rec):
-            progress.reml_round(rec)
+            progress.reml_round(rec, offset)
             if cfg.checkpoint:
                 d = ckpt.record_dict(rec)
                 d["iteration"] += offset
@@ -141,7 +141,7 @@ def _run(cfg, progress: Progress, out: Path, caught: list) -> int:
 
         route = "known variances" if cfg.variances is not None else "AI-REML"
         progress.note(f"estimating ({cfg.method}, {route})")
-        progress.reml_start(cfg.max_iter)
+        progress.reml_start(cfg.max_iter, previous[-1]["loglik"] if previous else None)
         try:
             est = fitting.estimate(system, method=cfg.method, variances=cfg.variances,
                                    max_iter=cfg.max_iter, start=start, callback=callback)
