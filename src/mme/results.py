@@ -156,7 +156,8 @@ class Internals:
         """(∂Var(β̂)/∂φ, Var(φ̂)) for Satterthwaite's df: φ = θ, or on a boundary
         (singular G₀) φ = (λ, σ²ₑ) of the Λ form (``boundary.satterthwaite_pieces``)."""
         from .engine.boundary import satterthwaite_pieces
-        if self.boundary is None or not self.mme.p:
+        if self.boundary is None or not self.mme.p or not self.mme.residual.is_scalar:
+            # (a structured residual's boundary fit: θ-form pieces at θ moved inside)
             return self.dvcov, self.vcov_theta
         b = self.boundary
         return satterthwaite_pieces(self.likelihood, b.lam, float(b.theta[-1]))

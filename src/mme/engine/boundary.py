@@ -56,9 +56,10 @@ class RelativeFactorForm:
         mme = model.mme
         self.ml = model.method == "ML"
         self.n, self.p, self.dim = mme.n, mme.p, mme.dim
-        self.WtW = (mme.W.T @ mme.W).tocsc()
-        self.Wty = mme.Wty
-        self.yty = mme.yty
+        scalar = mme.residual.is_scalar
+        self.WtW = (mme.W.T @ mme.W).tocsc() if scalar else None
+        self.Wty = mme.Wty if scalar else None
+        self.yty = mme.yty if scalar else None
         self.blocks = mme.structures
         # lower-triangle index pairs of Λ_b, column-major: (0,0), (1,0), ..., (1,1), ...
         self.tri = [[(i, j) for j in range(s.d) for i in range(j, s.d)] for s in self.blocks]
@@ -69,6 +70,12 @@ class RelativeFactorForm:
         self.n_eval = 0
 
     # -- pattern -------------------------------------------------------------
+    def _wrw_pattern(self):
+        """W'W's pattern as 0/1 (the union pattern of T'W'WT over all Λ)."""
+        A = self.WtW.copy()
+        A.data = np.ones_like(A.data)
+        return A
+
     def _T(self, lam: np.ndarray) -> sp.csc_matrix:
         parts = [sp.identity(self.p, format="csc")] if self.p else []
         for s, Lam in zip(self.blocks, self.lambdas(lam)):
@@ -78,8 +85,7 @@ class RelativeFactorForm:
     def _build_pattern(self) -> None:
         # the union of T'W'WT's pattern over every Λ: Λ all ones, |W'W| (no cancellation)
         ones = np.concatenate([np.ones(m) for m in self.sizes]) if self.sizes else np.zeros(0)
-        A = self.WtW.copy()
-        A.data = np.ones_like(A.data)
+        A = self._wrw_pattern()
         T1 = self._T(ones)
         P = sp.tril(T1.T @ A @ T1).tocoo()
         rows = [P.row.astype(np.int64), np.arange(self.dim, dtype=np.int64)]
@@ -178,8 +184,104 @@ class RelativeFactorForm:
         return np.concatenate(out + [np.array([s2e])])
 
 
+class StructuredRelativeFactorForm(RelativeFactorForm):
+    """The Λ form with a structured residual (multi-trait ``us``/``diag``, ``by``,
+    weights): u = (Λ ⊗ I)v with Var(v) = I ⊗ K, so G₀ = ΛΛ' (no σ²ₑ to profile), and
+    R's parameters φ optimised with λ:
+
+        C* = T'W̃'R⁻¹W̃T + blockdiag(0ₚ, I ⊗ K⁻¹),   rhs* = T'W̃'R⁻¹ỹ,
+        −2ℓ_REML = (n−p) log 2π + log|R| + Σ d log|K| + log|C*| + ỹ'R⁻¹ỹ − ŝ'rhs*
+
+    W̃'R⁻¹W̃ comes from the MME's residual cells (``C.data = B·r(φ)``)."""
+
+    def __init__(self, model: Likelihood):
+        mme = model.mme
+        # the union pattern: C's own (W̃'R⁻¹W̃ ⊆ C's lower pattern), as a full 0/1 matrix
+        lower = sp.csc_matrix((np.ones(mme.C.nnz), mme.C.indices, mme.C.indptr),
+                              shape=mme.C.shape)
+        self._pattern = (lower + lower.T).tocsc()
+        super().__init__(model)
+        self.n_r = mme.residual.n_params
+
+    def _wrw_pattern(self):
+        return self._pattern
+
+    def split_params(self, x: np.ndarray) -> tuple:
+        m = sum(self.sizes)
+        return np.asarray(x[:m], float), np.asarray(x[m:], float)
+
+    def lam_of(self, theta: np.ndarray) -> np.ndarray:
+        """(λ, φ) from a positive-definite θ: Λ_b = chol(G₀_b), φ = R's parameters."""
+        G0s, R0 = self.model.split(theta)
+        out = []
+        for tri, G0 in zip(self.tri, G0s):
+            Lam = np.linalg.cholesky(G0)
+            out.append([Lam[a, b] for a, b in tri])
+        return np.concatenate(out + [self.model.mme.residual.theta_of(R0)])
+
+    def bounds(self) -> Bounds:
+        lam = super().bounds()
+        res = self.model.mme.residual
+        lb = np.where(res.variance_mask(), 1e-12, -np.inf)
+        return Bounds(np.concatenate([lam.lb, lb]), np.full(lam.lb.shape[0] + lb.shape[0], np.inf))
+
+    def evaluate(self, x: np.ndarray) -> tuple:
+        """(−2ℓ, None, ŝ) at (λ, φ); +∞ outside R's parameter space."""
+        mme = self.model.mme
+        res = mme.residual
+        lam, phi = self.split_params(x)
+        R0 = res.R0(phi)
+        if not res.feasible(R0):
+            return np.inf, None, None
+        r = res.rinv_cells(res.pattern_inverses(R0))
+        lower = sp.csc_matrix((mme.B @ r, mme.C.indices, mme.C.indptr), shape=mme.C.shape)
+        M = (lower + lower.T - sp.diags(lower.diagonal())).tocsc()
+        T = self._T(lam)
+        P = sp.tril(T.T @ M @ T).tocoo()
+        data = np.zeros_like(self.C.data)
+        np.add.at(data, csc_slots(self.C, P.row.astype(np.int64), P.col.astype(np.int64)), P.data)
+        np.add.at(data, self.kslots, self.kvals)
+        self.C.data[:] = data
+        if self.factor is None:
+            self.factor = cholmod.analyze(self.C, ordering_method=mme.ordering)
+        try:
+            self.factor.cholesky_inplace(self.C)
+        except cholmod.CholmodNotPositiveDefiniteError:
+            return np.inf, None, None
+        self.n_eval += 1
+        rhs = T.T @ mme.rhs(r)
+        sol = self.factor.solve_A(rhs)
+        yPy = mme.yRy(r) - float(sol @ rhs)
+        m = self.n - mme.n_aug if self.ml else self.n - mme.n_aug - self.p
+        out = (m * np.log(2.0 * np.pi) + res.logdet(R0) + self.logdet_K
+               + float(self.factor.logdet()) + yPy)
+        if self.ml and self.p:
+            out += np.linalg.slogdet(self._cinv_xx())[1]
+        return float(out), None, sol
+
+    def theta_of(self, x: np.ndarray, s2e=None) -> np.ndarray:
+        """θ (G₀ = ΛΛ' per block, then R's parameters)."""
+        lam, phi = self.split_params(x)
+        out = [s.theta_of(Lam @ Lam.T) for s, Lam in zip(self.blocks, self.lambdas(lam))]
+        return np.concatenate(out + [phi])
+
+
 def fit_on_boundary(model: Likelihood, theta0: np.ndarray, max_eval: int | None = None) -> BoundaryResult:
-    """Maximise the profiled REML/ML likelihood over λ from the AI-REML estimate θ₀."""
+    """Maximise the (profiled) REML/ML likelihood over λ (and a structured residual's
+    parameters) from the AI-REML estimate θ₀."""
+    if not model.mme.residual.is_scalar:
+        form = StructuredRelativeFactorForm(model)
+        x0 = form.lam_of(theta0)
+        start, _, _ = form.evaluate(x0)
+        scale = max(float(np.max(np.abs(x0))), 1e-3)
+        res = minimize(lambda x: form.evaluate(x)[0], x0, method="COBYQA", bounds=form.bounds(),
+                       options={"initial_tr_radius": 0.1 * scale, "final_tr_radius": FINAL_RADIUS,
+                                "maxfev": max_eval or 500 * x0.shape[0]})
+        x = np.asarray(res.x, float)
+        m2ll, _, _ = form.evaluate(x)
+        if not m2ll <= start:
+            x, m2ll = x0, start
+        return BoundaryResult(lam=x, theta=form.theta_of(x), m2ll=m2ll, n_eval=form.n_eval)
     form = RelativeFactorForm(model)
     lam0 = form.lam_of(theta0)
     start, start_s2e, _ = form.evaluate(lam0)

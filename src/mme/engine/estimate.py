@@ -161,10 +161,9 @@ def _ai_reml(likelihood: Likelihood, max_iter: int, verbose: bool, theta0=None,
     # non-convergence warning until the Λ form has had its say
     with warnings.catch_warnings(record=True) as held:
         warnings.simplefilter("always", ConvergenceWarning)
-        # the Λ form profiles σ²ₑ: it takes over only with a scalar residual
+        # the Λ form (unstructured G₀ only; with a structured R its parameters join λ)
         hand_over = ((lambda t: heads_to_boundary(likelihood, t))
-                     if likelihood.residual.is_scalar
-                     and all(s.kind == "us" for s in likelihood.mme.structures) else None)
+                     if all(s.kind == "us" for s in likelihood.mme.structures) else None)
         if theta0 is None:
             theta0 = _fa_start(likelihood, max_iter)
         result = fit_variances(likelihood, theta0=theta0, max_iter=max_iter, verbose=verbose,
