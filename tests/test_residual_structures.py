@@ -851,3 +851,33 @@ def test_multi_trait_boundary_fit_reaches_the_constrained_optimum():
     best = minimize(f, x0, method="Nelder-Mead",
                     options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 1500})
     assert -best.fun - fit.loglik < ATOL_BOUNDARY_OPTIMUM
+
+
+def test_covary_predict_and_multi_trait_covary():
+    pedf, rec = _maternal()
+    ped = mme.Pedigree.from_frame(pedf)
+    fit = mme.fit("bw ~ herd + (1|animal) + (1|dam) + (1|dam_pe)", rec,
+                  relmat={"animal": ped, "dam": ped}, covary={"genetic": ["animal", "dam"]})
+    rows = rec.iloc[:40]
+    assert (rows.dam == 0).any()          # unknown dams among them: no maternal effect
+    with pytest.warns(UserWarning, match="dam"):
+        p = fit.predict(rows).to_numpy()
+    assert np.abs(p - fit.fitted()[:40]).max() < 1e-10
+    # covary joins multi-trait terms too: (0 + trait | animal) + (0 + trait | dam) → 4 × 4 G₀
+    wide = rec.assign(bw2=rec.bw * 0.5 + np.random.default_rng(1).normal(0, 3, len(rec)))
+    design = mme.build_design("cbind(bw, bw2) ~ 0 + trait + (0 + trait | animal) + "
+                              "(0 + trait | dam)", wide, relmat={"animal": ped, "dam": ped},
+                              covary={"genetic": ["animal", "dam"]})
+    (blk,) = design.blocks
+    assert blk.terms == ("animal:traitbw", "animal:traitbw2", "dam:traitbw", "dam:traitbw2")
+    assert mme.build_mme(design).structures[0].n_params == 10
+
+
+def test_multi_trait_bad_input():
+    df = _sire_bivariate()
+    with pytest.raises(mme.DataError, match="'y2'.*numeric"):
+        mme.fit("cbind(y1, y2) ~ 0 + trait", df.assign(y2="a"))
+    with pytest.raises(mme.DataError, match="y2"):
+        mme.fit("cbind(y1, y2) ~ 0 + trait + (0 + trait | sire)", df.assign(y2=np.nan))
+    with pytest.raises(mme.FormulaError, match="'trait'"):
+        mme.fit("y1 ~ trait + (1|sire)", df)

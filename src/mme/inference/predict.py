@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 from formulaic import Formula
 
-from .._errors import DataError, FormulaError, OptionError
+from .._errors import DataError, FormulaError, InternalError, OptionError
 from ..model.design import r_name, term_variables
 from ..model.formula import parse_formula
 from ..model.ids import normalize_ids
@@ -70,9 +70,6 @@ def predict(fit, newdata: pd.DataFrame | None = None, include_random: bool = Tru
         raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
     mf = parse_formula(fit.formula)
     terms = mf.random if include_random else ()
-    if include_random and len(terms) != len(fit.blocks):
-        raise OptionError("predict(newdata) is not available yet for covary fits; "
-                          "fitted() gives the fitted values")
     if mf.multi_response:
         return _predict_traits(fit, mf, newdata, include_random)
     needed = _needed_columns(design.fixed_spec, terms)
@@ -86,10 +83,42 @@ def predict(fit, newdata: pd.DataFrame | None = None, include_random: bool = Tru
     rows = frame.loc[complete] if not complete.all() else frame
     if len(rows):
         eta = _xbeta(fit, _fixed_matrix(design, rows))
-        for term, block in zip(terms, fit.blocks):
+        for term, block in _term_blocks(fit, terms):
             eta += _random_part(design, term, block, rows)
         out[complete] = eta
     return pd.Series(out, index=newdata.index, name="predicted")
+
+
+class _TermEffects:
+    """The part of a fitted block that belongs to one formula term (a member of a
+    ``covary`` block: its rows of the BLUPs, over the block's shared levels)."""
+
+    def __init__(self, block, rows: list, names: tuple):
+        self.group = block.group
+        self.levels = block.levels
+        self.terms = names
+        self.blup = np.asarray(block.blup)[rows]
+
+
+def _term_blocks(fit, terms) -> list:
+    """(formula term, its effects) pairs; a ``covary`` block serves each of its members."""
+    by_group = {b.group: b for b in fit.blocks}
+    out = []
+    for term in terms:
+        if term.group in by_group:
+            out.append((term, by_group[term.group]))
+            continue
+        for b in fit.blocks:
+            rows = [i for i, t in enumerate(b.terms)
+                    if t == term.group or t.startswith(f"{term.group}:")]
+            if rows:
+                names = tuple("(Intercept)" if b.terms[i] == term.group
+                              else b.terms[i][len(term.group) + 1:] for i in rows)
+                out.append((term, _TermEffects(b, rows, names)))
+                break
+        else:
+            raise InternalError(f"no fitted effects for the random term of {term.group!r}")
+    return out
 
 
 def _predict_traits(fit, mf, newdata: pd.DataFrame, include_random: bool) -> pd.DataFrame:
