@@ -881,3 +881,14 @@ def test_multi_trait_bad_input():
         mme.fit("cbind(y1, y2) ~ 0 + trait + (0 + trait | sire)", df.assign(y2=np.nan))
     with pytest.raises(mme.FormulaError, match="'trait'"):
         mme.fit("y1 ~ trait + (1|sire)", df)
+
+
+def test_trait_missing_in_a_whole_contemporary_group():
+    """Trait 2 not recorded in herd 3: its traity2:herd3 effect is not estimable and is
+    reported as aliased; the fit converges as usual."""
+    df = _boundary_bivariate(seed=2)
+    df.loc[df.herd == "3", "y2"] = np.nan
+    with pytest.warns(UserWarning, match="traity2:herd3"):
+        fit = mme.fit("cbind(y1, y2) ~ 0 + trait + trait:herd + (0 + trait | sire)", df)
+    assert fit.converged and "traity2:herd3" in fit.aliased
+    assert "traity2:herd3" not in fit.fixed_effects.index
