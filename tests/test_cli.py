@@ -359,7 +359,8 @@ def test_pedigree_check_faults(tmp_path, capsys):
 
 
 def test_python_m_mme_help():
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    # the same mme this test imported (the installed package in CI, src/ when built in place)
+    env = dict(os.environ, PYTHONPATH=str(Path(mme.__file__).resolve().parents[1]))
     res = subprocess.run([sys.executable, "-m", "mme", "--help"], capture_output=True,
                          text=True, env=env, timeout=60)
     assert res.returncode == 0
