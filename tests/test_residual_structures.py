@@ -892,3 +892,18 @@ def test_trait_missing_in_a_whole_contemporary_group():
         fit = mme.fit("cbind(y1, y2) ~ 0 + trait + trait:herd + (0 + trait | sire)", df)
     assert fit.converged and "traity2:herd3" in fit.aliased
     assert "traity2:herd3" not in fit.fixed_effects.index
+
+
+def test_known_spatial_variances_and_max_iter_zero():
+    df = _field()
+    system = mme.build_mme(mme.build_design("y ~ x + (1|gen)", df,
+                                            residual="ar1(col):ar1(row)"))
+    theta = system.theta_of([np.array([[1.0]])], np.array([2.0, 0.5, 0.3]))
+    fit = mme.fit("y ~ x + (1|gen)", df, residual="ar1(col):ar1(row)",
+                  variances={"gen": 1.0, "Residual": [2.0, 0.5, 0.3]})
+    assert abs(fit.loglik - DenseSpatial(system, df).loglik(theta)) < ATOL_LOGLIK
+    with pytest.raises(mme.DataError, match="ρ"):
+        mme.fit("y ~ x", df, residual="ar1(col):ar1(row)", variances={"Residual": [2, 1.2, 0]})
+    with pytest.warns(mme.ConvergenceWarning):
+        f0 = mme.fit("y ~ x + (1|gen)", df, max_iter=0)
+    assert not f0.converged and f0.n_iter == 0

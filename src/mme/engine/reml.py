@@ -542,7 +542,7 @@ def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter:
     log_mask = var_mask & model.log_scale_index()
     converged = False
     at_bound = np.zeros(model.k, dtype=bool)
-    it, fallbacks, handed_over = 0, 0, False
+    it, fallbacks, handed_over, change = 0, 0, False, float("nan")
     damped = any(s.fa_k for s in model.mme.structures)
     for it in range(1, max_iter + 1):
         t1 = time.perf_counter()

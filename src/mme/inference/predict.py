@@ -102,6 +102,8 @@ class _TermEffects:
 
 def _term_blocks(fit, terms) -> list:
     """(formula term, its effects) pairs; a ``covary`` block serves each of its members."""
+    if len(terms) == len(fit.blocks):       # one block per term (no covary): in order
+        return list(zip(terms, fit.blocks))
     by_group = {b.group: b for b in fit.blocks}
     out = []
     for term in terms:

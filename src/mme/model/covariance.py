@@ -269,8 +269,14 @@ def parse_variances(blocks, variances, residual=None) -> tuple:
         G0s.append(_known_matrix(variances[b.group], b.d, repr(b.group), list(b.terms)))
     if "Residual" not in variances:
         raise DataError("variances: a 'Residual' value is required")
-    t = 1 if residual is None else residual.t
     value = variances["Residual"]
+    if residual is not None and residual.kind == "ar1ar1":
+        R0 = residual.theta_of(value)                    # (σ², ρ_col, ρ_row) per field
+        if not residual.feasible(R0):
+            raise DataError("variances['Residual'] of an ar1(col):ar1(row) residual: σ² > 0 "
+                            f"and |ρ| < 1 per field, got {R0.tolist()}")
+        return G0s, R0
+    t = 1 if residual is None else residual.t
     if residual is not None and residual.kind == "diag" and np.ndim(value) == 1:
         value = np.diag(np.asarray(value, dtype=float))
     R0 = _known_matrix(value, t, "'Residual'",
