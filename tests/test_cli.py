@@ -366,3 +366,81 @@ def test_python_m_mme_help():
     assert res.returncode == 0
     for word in ("fit", "run", "pedigree", "exit status"):
         assert word in res.stdout
+
+
+# -- Materials and Methods (Fit.methods_text, methods.md) ------------------------------
+def _versions_in(text):
+    import numpy
+    import scipy
+    for v in (f"mme {mme.__version__}", f"numpy {numpy.__version__}",
+              f"scipy {scipy.__version__}", f"pandas {pd.__version__}"):
+        assert v in text, v
+    assert "BLAS" in text
+
+
+def test_methods_text_rcbd():
+    from mme.examples.rcbd import load_kfert
+    fit = mme.fit("yield ~ K2O_lbac + (1|rep)", load_kfert())
+    text = fit.methods_text()
+    for fact in ("`yield ~ K2O_lbac + (1|rep)`", "15 records", "K2O_lbac (5 levels)",
+                 "5 coefficients", "random rep effects (3 levels)", "σ²_rep I",
+                 "R = σ²ₑI", "Restricted maximum likelihood (REML", "AI-REML",
+                 "Gilmour, Thompson & Cullis 1995", "an EM step in its place",
+                 f"converged after {fit.n_iter} rounds at log L = {fit.loglik:.4f}",
+                 "Newton decrement", "Satterthwaite", "Kuznetsova", "Henderson's (1984)",
+                 "- Henderson, C. R. (1984)", "- Kuznetsova, A.", "SuiteSparse", "CHOLMOD"):
+        assert fact in text, fact
+    _versions_in(text)
+    for absent in ("Meuwissen", "pedigree", "Kenward", "1 + Fᵢ", "AR1", "factor-analytic"):
+        assert absent not in text, absent
+    fit.emmeans("K2O_lbac")                 # Kenward-Roger: now it applies
+    text = fit.methods_text()
+    assert "Kenward & Roger (1997)" in text and "- Kenward, M. G." in text
+    # blocks fixed: least squares, residual df, no REML
+    lm = mme.fit("yield ~ K2O_lbac + rep", load_kfert()).methods_text()
+    assert "rep (3 levels)" in lm and "residual degrees of freedom (n − p)" in lm
+    assert "REML" not in lm and "Satterthwaite" not in lm
+
+
+def test_methods_text_animal_model_and_methods_md(tmp_path, api_fit):
+    fit, ped = api_fit
+    text = fit.methods_text()
+    for fact in (f"`{FORMULA}`", "414 records", "sex (2 levels)", "herd effects (8 levels)",
+                 "id effects (469 levels) with covariance σ²_id A", "469 animals",
+                 "109 inbred", "Meuwissen & Luo (1992)", "- Meuwissen, T. H. E. & Luo, Z.",
+                 "- Quaas, R. L.", "REML", "AMD ordering", "Satterthwaite",
+                 f"{fit.loglik:.4f}", "Kᵢᵢ = 1 + Fᵢ"):
+        assert fact in text, fact
+    _versions_in(text)
+    # methods.md of the command line: the same text, plus what the run knows (founders,
+    # generations of the pedigree file)
+    assert main(_fit_args(tmp_path)) == 0
+    md_text = (tmp_path / "methods.md").read_text()
+    assert md_text.replace(f"{ped.n_founders} founders, 5 generations; ", "") == text
+
+
+def test_methods_text_structures():
+    rng = np.random.default_rng(1)
+    n = 96
+    df = pd.DataFrame({"site": np.repeat(["a", "b"], n // 2), "g": rng.integers(0, 8, n),
+                       "w": rng.uniform(0.5, 2.0, n), "x": rng.normal(size=n),
+                       "col": np.tile(np.repeat(np.arange(1, 7), 8), 2),
+                       "row": np.tile(np.arange(1, 9), 12)})
+    df["y"] = rng.normal(size=n) + rng.normal(size=8)[df["g"]] + 0.1 * df["row"]
+    t = mme.fit("y ~ x + (1|g)", df, residual="by(site)", weights="w").methods_text()
+    assert "each of the 2 levels of site" in t and "prior weights" in t and "AR1" not in t
+    t = mme.fit("y ~ x + (1|g)", df, residual="by(site, ar1(col):ar1(row))").methods_text()
+    assert "AR1(ρ_c) ⊗ AR1(ρ_r)" in t and "(2 fields)" in t
+    assert "- Gilmour, A. R., Cullis, B. R. & Verbyla, A. P. (1997)" in t
+    wide = pd.DataFrame({"sire": np.repeat(np.arange(30), 4)})
+    u = rng.multivariate_normal([0, 0], [[1, 0.5], [0.5, 1]], 30)[wide["sire"]]
+    wide["y1"], wide["y2"] = u[:, 0] + rng.normal(size=120), u[:, 1] + rng.normal(size=120)
+    f = "cbind(y1, y2) ~ 0 + trait + (0 + trait | sire)"
+    t = mme.fit(f, wide).methods_text()
+    assert "unstructured 2 × 2 covariance matrix R₀" in t and "2 × 2 matrix" in t
+    t = mme.fit(f, wide, structure={"sire": "fa(1)"}).methods_text()
+    assert "factor-analytic G₀ = ΛΛ′ + Ψ of 1 factor" in t
+    assert "- Smith, A., Cullis, B. & Thompson, R. (2001)" in t
+    t = mme.fit(f, wide, variances={"sire": [[1, 0.5], [0.5, 1]],
+                                    "Residual": [[1, 0], [0, 1]]}).methods_text()
+    assert "at the given variances" in t and "AI-REML" not in t

@@ -490,5 +490,14 @@ class Fit:
             lines.append(f"Not estimable (aliased): {', '.join(self.aliased)}")
         return "\n".join(lines)
 
+    def methods_text(self) -> str:
+        """The Materials-and-Methods paragraph of this fit (Markdown): the model in words
+        and as the formula, covariance and residual structures, the estimation (REML/ML
+        by AI-REML, EM fallbacks, the convergence criterion), the df method, software
+        versions and references as they apply. See :mod:`mme.methods` (the command line
+        writes the same text, with what the run knows, to ``methods.md``)."""
+        from .methods import methods_text
+        return methods_text(self)
+
     def _repr_html_(self) -> str:
         return "<pre>" + self.summary().replace("<", "&lt;") + "</pre>"
