@@ -6,10 +6,19 @@ killed at any moment leaves either the previous or the new checkpoint, never a
 torn one:
 
     {"format": 1, "fingerprint": {...}, "theta": [...], "rounds": [...],
+     "ai": [[...], ...] | null, "ai_theta": [...] | null,
      "status": "running" | "converged" | "not converged"}
 
 ``rounds`` holds each round's iteration, kind, logLik, step, decrement, seconds and
-θ. The fingerprint names the model and its data — formula, method, residual,
+θ. ``ai`` is the average-information matrix (k × k, θ's order) at ``ai_theta``: the
+final checkpoint of a run (status "converged" or "not converged") holds the AI of
+the last evaluation (``Fit.internals.ai``), whose inverse gives the variance
+parameters' standard errors. The checkpoints written during the run hold ``null``:
+the REML iteration hands its callback the round's record (θ, logLik, step,
+decrement), not the evaluation, and recomputing AI would cost a second selected
+inversion per round. A resumed run does not need it: AI-REML re-evaluates score and
+AI at the checkpoint's θ before its first step, exactly as the uninterrupted run did
+at that θ, so both take the same steps from there. The fingerprint names the model and its data — formula, method, residual,
 weights, relmat, covary, structure, each data and pedigree file's size and
 SHA-256, the number of records, the MME's dimension and the number of parameters.
 On start, an existing checkpoint whose fingerprint matches is resumed: AI-REML
@@ -63,11 +72,16 @@ def _num(x):
     return x if np.isfinite(x) else None
 
 
-def save(path, fp: dict, theta, rounds: list, status: str = "running") -> None:
+def save(path, fp: dict, theta, rounds: list, status: str = "running", ai=None,
+         ai_theta=None) -> None:
     """Write the checkpoint atomically (temporary file + fsync + ``os.replace``)."""
     path = Path(path)
     state = {"format": FORMAT, "fingerprint": fp, "theta": [float(t) for t in theta],
-             "rounds": rounds, "status": status}
+             "rounds": rounds,
+             "ai": None if ai is None else [[_num(v) for v in row]
+                                            for row in np.atleast_2d(ai)],
+             "ai_theta": None if ai_theta is None else [float(t) for t in ai_theta],
+             "status": status}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(state, fh, indent=1)

@@ -4,9 +4,9 @@ The stages are the public ones of :mod:`mme.fitting` (``build_design``, ``build_
 ``estimate``, ``assemble``, with the same BLAS threading as ``mme.fit``), so the
 numbers written equal ``mme.fit``'s. Between ``build_mme`` and the estimation
 CHOLMOD's symbolic analysis is run once (and kept for the fit) and the memory
-forecast (:mod:`mme.cli.memory`) may refuse the model. With ``checkpoint`` the θ of
-every REML round is saved and an existing matching checkpoint is resumed
-(:mod:`mme.cli.checkpoint`).
+forecast (:mod:`mme.cli.memory`) may refuse the model. With ``checkpoint`` the θ and
+iteration log of every REML round are saved (and at the end the AI matrix), and an
+existing matching checkpoint is resumed (:mod:`mme.cli.checkpoint`).
 """
 from __future__ import annotations
 
@@ -152,7 +152,8 @@ def _run(cfg, progress: Progress, out: Path, caught: list) -> int:
             full = outputs.iteration_rows(fit, previous)
             ckpt.save(cfg.checkpoint, fp, est.theta,
                       [_row_record(r) for r in full.to_dict("records")],
-                      "converged" if fit.converged else "not converged")
+                      "converged" if fit.converged else "not converged",
+                      ai=fit.internals.ai, ai_theta=est.theta)
         progress.note(f"logLik {fit.loglik:.6f}, "
                       + ("converged" if fit.converged else "NOT converged")
                       + f" after {fit.n_iter} rounds"
