@@ -41,6 +41,11 @@ def _fit_args(out, *extra):
             "--relmat", "id", "--out", str(out), "--quiet", *extra]
 
 
+def _mme_subprocess_env() -> dict:
+    # the mme this test imported (the installed package in CI, src/ when built in place)
+    return dict(os.environ, PYTHONPATH=str(Path(mme.__file__).resolve().parents[1]))
+
+
 def _err_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
@@ -140,6 +145,67 @@ def test_known_variances_and_pcg(tmp_path):
     pcg = pd.read_csv(tmp_path / "p" / "random_effects.csv", dtype={"level": str})
     np.testing.assert_allclose(pcg["blup"], api.random_effects["blup"], atol=1e-5)
 
+
+
+def _mme_run(toml: Path, *extra) -> subprocess.CompletedProcess:
+    """``python -m mme run TOML`` as a user runs it, in the parameter file's folder."""
+    return subprocess.run([sys.executable, "-m", "mme", "run", str(toml), *extra],
+                          capture_output=True, text=True, env=_mme_subprocess_env(),
+                          cwd=toml.parent, timeout=300)
+
+
+def test_mme_run_reads_parquet(tmp_path, api_fit):
+    pytest.importorskip("pyarrow")
+    records = pd.read_csv(RECORDS, dtype={"id": str, "herd": str, "sex": str})
+    records.to_parquet(tmp_path / "records.parquet", index=False)
+    (tmp_path / "model.toml").write_text(
+        '[data]\nfiles = ["records.parquet"]\n'
+        f'[model]\nformula = "{FORMULA}"\nrelmat = ["id"]\n'
+        f'[pedigree]\nfile = "{PEDIGREE.as_posix()}"\nmissing = ["0"]\n'
+        '[output]\nfolder = "results"\n')
+    res = _mme_run(tmp_path / "model.toml")
+    assert res.returncode == 0, res.stderr
+    assert "records.parquet" in res.stderr and "data: 414 rows" in res.stderr
+    assert "Variance components:" in res.stdout           # the summary
+    _assert_same_tables(tmp_path / "results", api_fit[0])
+
+
+def test_mme_run_reads_blupf90_whitespace_files(tmp_path, api_fit):
+    """A BLUPF90-style data file (no header, columns aligned by blanks, herd and sex
+    coded as integers) and pedigree (id sire dam, 0 unknown) through ``mme run``."""
+    records = pd.read_csv(RECORDS, dtype={"id": str, "herd": str, "sex": str})
+    herd = {h: i + 1 for i, h in enumerate(sorted(records["herd"].unique()))}
+    coded = pd.DataFrame({"id": records["id"], "herd": records["herd"].map(herd),
+                          "sex": records["sex"].map({"F": 1, "M": 2}),
+                          "weight": records["weight"]})
+    (tmp_path / "renf90.dat").write_text("".join(
+        f"{r.id:>6} {r.herd:>3} {r.sex:>2} {r.weight!r:>22}\n" for r in coded.itertuples()))
+    ped = pd.read_csv(PEDIGREE, dtype=str)
+    (tmp_path / "renadd.ped").write_text("".join(
+        f"{a:>6} {s:>6} {d:>6}\n" for a, s, d in ped.itertuples(index=False)))
+    (tmp_path / "model.toml").write_text(
+        '[data]\nfiles = ["renf90.dat"]\nnames = ["id", "herd", "sex", "weight"]\n'
+        'factors = ["sex"]\n'
+        f'[model]\nformula = "{FORMULA}"\nrelmat = ["id"]\n'
+        '[pedigree]\nfile = "renadd.ped"\nmissing = ["0"]\n')
+    res = _mme_run(tmp_path / "model.toml", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "" and res.stderr == ""
+    out = tmp_path / "mme_out"                 # the default folder, beside the file
+    # the API on the original coding: the same estimates (sex 2 = M; herds renumbered)
+    fit = api_fit[0]
+    vc = pd.read_csv(out / "variance_components.csv")
+    np.testing.assert_allclose(vc["estimate"], fit.variance_components["estimate"],
+                               rtol=1e-10)
+    fe = pd.read_csv(out / "fixed_effects.csv", index_col="term")
+    np.testing.assert_allclose(fe["estimate"], fit.fixed_effects["estimate"], rtol=1e-10)
+    assert list(fe.index) == ["(Intercept)", "sex2"]
+    re_ = pd.read_csv(out / "random_effects.csv", dtype={"level": str})
+    api = fit.random_effects
+    ids = api["group"] == "id"
+    np.testing.assert_allclose(
+        re_[re_["group"] == "id"].set_index("level")["blup"].reindex(api.loc[ids, "level"]),
+        api.loc[ids, "blup"], rtol=1e-9, atol=1e-10)
 
 # -- bad input: exit 1, one line naming the culprit ------------------------------------
 @pytest.mark.parametrize("args, culprit", [
@@ -289,11 +355,6 @@ def _simulate_animal(n: int, seed: int = 7, cohorts: int = 8) -> tuple:
     rec = pd.DataFrame({"id": ids, "herd": [f"h{h}" for h in herd],
                         "sex": np.where(male, "M", "F"), "y": y})
     return ped, rec
-
-
-def _mme_subprocess_env() -> dict:
-    # the mme this test imported (the installed package in CI, src/ when built in place)
-    return dict(os.environ, PYTHONPATH=str(Path(mme.__file__).resolve().parents[1]))
 
 
 @pytest.mark.slow
