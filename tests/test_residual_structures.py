@@ -29,6 +29,9 @@ RTOL_AI = 1e-12
 #: the same for the spatial ρ's, whose ∂V/∂ρ the oracle takes by central differences:
 #: achieved 6.6e-11 (the differences' own error)
 RTOL_AI_SPATIAL = 1e-8
+#: a spatial model with a nugget: AI is farther from the Hessian for ρ, and the decrement
+#: test (in AI's metric) stops with the gradient within 3.1e-4 SE (achieved)
+ATOL_STATIONARY_NUGGET = 1e-3
 #: an FA fit whose specific variance ψₐ ends at its floor (a Heywood case): the
 #: convergence test then stops with the free parameters within 4.7e-4 SE (achieved)
 ATOL_STATIONARY_HEYWOOD = 2e-3
@@ -907,3 +910,26 @@ def test_known_spatial_variances_and_max_iter_zero():
     with pytest.warns(mme.ConvergenceWarning):
         f0 = mme.fit("y ~ x + (1|gen)", df, max_iter=0)
     assert not f0.converged and f0.n_iter == 0
+
+
+def test_spatial_with_a_nugget_matches_dense():
+    """AR1 ⊗ AR1 + an independent plot error (ASReml's `units`) as (1|plot): one level per
+    record is allowed beside a spatial residual, where it is identifiable."""
+    df = _field(seed=5)
+    rng = np.random.default_rng(9)
+    df["y"] = df["y"] + rng.normal(0, 0.7, len(df))          # nugget variance 0.49
+    df["plot"] = np.arange(len(df)).astype(str)
+    system = mme.build_mme(mme.build_design("y ~ x + (1|gen) + (1|plot)", df,
+                                            residual="ar1(col):ar1(row)"))
+    est = mme.estimate(system)
+    assert est.converged
+    dense = DenseSpatial(system, df)
+    ev = Likelihood(system, "REML").evaluate(est.theta)
+    assert abs(ev.loglik - dense.loglik(est.theta)) < ATOL_LOGLIK
+    g = dense.gradient(est.theta)
+    assert np.abs(ev.score - g).max() < RTOL_SCORE * max(np.abs(g).max(), 1.0)
+    se = mme.assemble(est).variance_components["std_error"].to_numpy()
+    free = ~est.at_bound
+    assert np.all((np.abs(g) * se)[free] < ATOL_STATIONARY_NUGGET)
+    with pytest.raises(mme.DataError, match="unidentifiable"):
+        mme.fit("y ~ x + (1|plot)", df)                       # without the spatial part

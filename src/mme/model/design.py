@@ -299,7 +299,8 @@ def _relmat_parts(rel, group: str) -> tuple:
     raise DataError(f"relmat for {group!r} must be an mme.Pedigree or a (levels, Kinv) pair")
 
 
-def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict) -> RandomBlock:
+def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict,
+                  unit_level_ok: bool = False) -> RandomBlock:
     n = len(data)
     for v in sorted(term_variables(term.expr)):
         if isinstance(data[v].dtype, pd.CategoricalDtype):
@@ -345,7 +346,9 @@ def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict) -> RandomB
         raise DataError(
             f"grouping factor {term.group!r} has a single level ({list(levels)}); "
             "its variance cannot be estimated")
-    if term.group not in relmat and n <= L * d:
+    # a term with one level per record is allowed beside a spatial residual (a nugget,
+    # ASReml's `units`: identifiable from the correlated part)
+    if term.group not in relmat and n <= L * d and not unit_level_ok:
         # lme4's check.nobs.vs.nRE (a relationship matrix legitimately has more levels)
         raise DataError(
             f"number of observations (={n}) <= number of random effects (={L * d}) for term "
@@ -421,7 +424,8 @@ def build_design(formula: str | ModelFormula, data: pd.DataFrame,
     y = _response(data, mf.response)
     w = _weights(data, weights)
     X, names, aliased, spec = _fixed_matrix(mf, data)
-    blocks = _join_covarying(tuple(_random_block(t, data, relmat) for t in mf.random),
+    blocks = _join_covarying(tuple(_random_block(t, data, relmat, kind == "ar1ar1")
+                                   for t in mf.random),
                              covary, relmat)
     blocks = _with_structures(blocks, structure)
     if kind == "ar1ar1":
