@@ -186,6 +186,7 @@ class _StreamLog(logging.Handler):
 def fit_and_measure(formula, data, log_path=None, **kw):
     """``mme.fit`` (timed), then a factorization and a REML round at θ̂ (as bench_multitrait)."""
     import mme
+    from mme._threads import dense_blas_threads
     from mme.engine.reml import Likelihood
 
     out = {"formula": formula, "kwargs": {k: str(v) for k, v in kw.items()},
@@ -198,6 +199,7 @@ def fit_and_measure(formula, data, log_path=None, **kw):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
+        out["t_fit_start"] = t0
         try:
             fit = mme.fit(formula, data, **kw)
         except Exception as exc:   # a failed fit is a result, not a crash of the benchmark
@@ -225,6 +227,12 @@ def fit_and_measure(formula, data, log_path=None, **kw):
     out["dim_C"] = int(system.dim)
     out["nnz_C_lower"] = int(system.C.nnz)
     out["ordering"] = str(system.ordering)
+    with dense_blas_threads(1):      # as inside mme.fit (and bench_multitrait's workers)
+        _time_round(out, fit, system, Likelihood)
+    return out, fit
+
+
+def _time_round(out, fit, system, Likelihood):
     theta = np.asarray(fit.internals.estimate.theta, float)
     model = Likelihood(system, "REML")
     G0s, R0 = model.split(theta)
@@ -249,7 +257,6 @@ def fit_and_measure(formula, data, log_path=None, **kw):
                loglik_round=float(ev.loglik),
                max_abs_score=float(np.max(np.abs(ev.score))),
                peak_rss_gib=maxrss_gib())
-    return out, fit
 
 
 def _vc_rows(fit):
@@ -536,6 +543,25 @@ def _common_rows(r):
     ]
 
 
+def _start_fit_md(r):
+    """The FA starting-value fit (the ``mme`` logger's lines before "FA start"): not in
+    ``fit.iteration_log`` but inside the ``mme.fit`` seconds."""
+    lines = r.get("log_lines") or []
+    idx = [i for i, x in enumerate(lines) if "FA start" in x]
+    if not idx or "t_fit_start" not in r:
+        return []
+    pre = lines[:idx[0] + 1]
+    t_end = float(pre[-1].split()[0])
+    out = ["", "### Starting values (inside the `mme.fit` seconds, not in `fit.iteration_log`)", "",
+           f"mme starts FA(k) from the same model with a diagonal G₀ (more than 8 sites) fitted "
+           f"first: {pre[-1].split(' ', 1)[1]}; that fit ended "
+           f"{t_end - r['t_fit_start']:.1f} s after `mme.fit` was called. Its iterations "
+           "(logger lines, θ cut):", "", "```"]
+    out += [x.split(" theta=")[0] + ("  (" + x.rsplit("(", 1)[1] if " theta=" in x else "")
+            for x in pre if x.split(" ", 1)[1].startswith(("iter", "FA start"))]
+    return out + ["```"]
+
+
 def render(results, machine_md):
     L = ["# Field trial (AR1 ⊗ AR1) and a 20-site MET with FA(2) (`benchmarks/bench_field.py`)", "",
          f"Run {results['date']}, command `{results['command']}`; total "
@@ -639,6 +665,7 @@ def render(results, machine_md):
                     L += ["", f"z = (estimate − truth)/SE over the {len(zs)} residual parameters: "
                               f"mean {zs.mean():+.2f}, sd {zs.std(ddof=1):.2f}, "
                               f"{np.mean(np.abs(zs) <= 2):.0%} within 2 SE."]
+            L += _start_fit_md(m)
             L += ["", "### mme iteration log", "", "θ order: FA(2) parameters (loadings, specific "
                   "variances) then per site σ², ρ_col, ρ_row; only the first 8 shown.", ""]
             L += _iteration_log_md(m)
@@ -648,7 +675,8 @@ def render(results, machine_md):
           "- At θ̂, after the fit: `set_values(θ̂)` and `Factor.cholesky_inplace(C)` twice (best "
           "kept) = one numeric factorization; then twice `set_values(θ̂)` + "
           "`Likelihood(system, \"REML\").evaluate(θ̂)` = one REML round (factorization, solves, "
-          "selected inverse, score and AI) — as `bench_multitrait.py`.",
+          "selected inverse, score and AI) — as `bench_multitrait.py`, with NumPy/SciPy's "
+          "bundled BLAS at 1 thread as inside `mme.fit`.",
           "- The dense-V logLik uses mme's constant (−½(n − p) log 2π included), so the two "
           "logLiks are directly comparable.",
           "- Before each job the driver waits (up to `--wait-idle` s) for the CPUs to be idle and "
