@@ -562,6 +562,24 @@ def _start_fit_md(r):
     return out + ["```"]
 
 
+def _met_time_split(r):
+    """Where the MET fit's seconds went: the starting-value fit, EM fallbacks, AI steps."""
+    if "iteration_log" not in r:
+        return []
+    log = pd.DataFrame(r["iteration_log"])
+    em = log[log["kind"].astype(str).str.contains("EM")]
+    lines = r.get("log_lines") or []
+    idx = [i for i, x in enumerate(lines) if "FA start" in x]
+    start = (float(lines[idx[0]].split()[0]) - r["t_fit_start"]) if idx and "t_fit_start" in r else None
+    tot = r["seconds_fit"]
+    out = ["", "Where the `mme.fit` seconds went: "
+           + (f"starting-value fit {start:.1f} s ({start / tot:.0%}); " if start is not None else "")
+           + (f"{len(em)} EM-fallback iteration(s) (AI steps rejected after halving / damping) "
+              f"{em['seconds'].sum():.1f} s ({em['seconds'].sum() / tot:.0%}); " if len(em) else "")
+           + f"iteration log in all {log['seconds'].sum():.1f} s of {tot:.1f} s."]
+    return out
+
+
 def render(results, machine_md):
     L = ["# Field trial (AR1 ⊗ AR1) and a 20-site MET with FA(2) (`benchmarks/bench_field.py`)", "",
          f"Run {results['date']}, command `{results['command']}`; total "
@@ -666,6 +684,7 @@ def render(results, machine_md):
                               f"mean {zs.mean():+.2f}, sd {zs.std(ddof=1):.2f}, "
                               f"{np.mean(np.abs(zs) <= 2):.0%} within 2 SE."]
             L += _start_fit_md(m)
+            L += _met_time_split(m)
             L += ["", "### mme iteration log", "", "θ order: FA(2) parameters (loadings, specific "
                   "variances) then per site σ², ρ_col, ρ_row; only the first 8 shown.", ""]
             L += _iteration_log_md(m)
