@@ -217,7 +217,9 @@ def _fa_start(likelihood: Likelihood, max_iter: int) -> np.ndarray | None:
         warnings.simplefilter("ignore")
         r = fit_variances(lik_us, max_iter=max_iter)
     G0s, R0 = lik_us.split(r.theta)
-    log.info("FA start from the unstructured fit: logLik %.6f after %d iterations",
+    log.info("FA start from the %s fit: logLik %.6f after %d iterations",
+             "unstructured" if all(b.d <= FA_START_US_MAX_D for b in design.blocks
+                                   if b.structure) else "unstructured/diagonal",
              r.evaluation.loglik, r.n_iter)
     return mme.theta_of(G0s, R0)
 

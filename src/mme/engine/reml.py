@@ -195,6 +195,14 @@ class Likelihood:
                         resid_w=resid_w, Rinvs=Rinvs)
         if not derivatives:
             return ev
+        return self.derivatives(ev)
+
+    def derivatives(self, ev: Evaluation) -> Evaluation:
+        """Add the score and average information to an evaluation made without them
+        (the selected inverse and the AI solves, with the factor at ``ev.theta``)."""
+        mme, res = self.mme, self.residual
+        G0s, R0 = self.split(ev.theta)
+        mme.ensure(ev.theta)
         if not mme.structures and res.is_scalar:
             ev.score, ev.AI = self._residual_only(ev, float(R0[0, 0]))
             return ev
@@ -565,11 +573,13 @@ def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter:
             trial[low] = lb[low]
             if model.feasible(trial):
                 try:
-                    cand = model.evaluate(trial)
+                    # the likelihood alone first: a rejected trial costs a factorization,
+                    # not a whole round (selected inverse and AI solves)
+                    cand = model.evaluate(trial, derivatives=False)
                 except NotPositiveDefiniteError:
                     cand = None
                 if cand is not None and cand.loglik >= ev.loglik - 1e-10 * abs(ev.loglik):
-                    ev_new, new = cand, trial
+                    ev_new, new = model.derivatives(cand), trial
                     at_bound = low
                     break
             step *= 0.5
