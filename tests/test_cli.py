@@ -447,6 +447,22 @@ def test_nnz_of_L_from_the_pattern_is_exact():
         f = cholmod.analyze(A, ordering_method=ordering, mode="simplicial")
         f.cholesky_inplace(A)
         assert memory.cholesky_nnz(A, f.P()) == f.L().nnz
+    # CHOLMOD's choice (supernodal when flops/nnz(L) >= 40) and its supernodes: the
+    # factor's CSC copy holds exactly the supernodes' lower trapezoids (zeros included)
+    def banded(n, band):
+        offs = list(range(-band + 1, 1))
+        return sp.csc_matrix(sp.diags([np.full(n - abs(o), -0.01 if o else 4.0) for o in offs],
+                                      offs, shape=(n, n)))
+
+    for M, supernodal in ((banded(1500, 30), False), (banded(1500, 60), True), (A, True)):
+        f = cholmod.analyze(M)
+        system = type("MME", (), {"C": M, "dim": M.shape[0], "p": 1})()
+        fc = memory.forecast(system, f, "1G")
+        f.cholesky_inplace(M)
+        assert fc.supernodal == supernodal
+        assert f.L().nnz == (fc.stored_L if supernodal else fc.nnz_L)
+        assert fc.total == sum(fc.held.values()) + max(
+            sum(v.values()) for v in fc.transient.values())
     assert memory.parse_size("1.5G") == 3 * 2 ** 29
     avail, source = memory.available_memory()
     assert avail > 0 and source

@@ -156,7 +156,8 @@ def _run(cfg, progress: Progress, out: Path, caught: list) -> int:
                       ai=fit.internals.ai, ai_theta=est.theta)
         progress.note(f"logLik {fit.loglik:.6f}, "
                       + ("converged" if fit.converged else "NOT converged")
-                      + f" after {fit.n_iter} rounds"
+                      + f" after {fit.n_iter + offset} rounds"
+                      + (f" ({offset} of them before the checkpoint)" if offset else "")
                       + ("" if fit.estimated else " (variances given)"))
         info = {"relmat": cfg.relmat, "covary": cfg.covary, "structure": cfg.structure,
                 "residual": cfg.residual, "weights": cfg.weights, "multi": mf.multi_response,
