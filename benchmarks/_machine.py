@@ -206,7 +206,10 @@ def mme_version():
     for where, src in ((mod_dir if tracked else None, "imported module"), (here, "benchmarks folder")):
         rev = _run(["git", "-C", where, "rev-parse", "--short", "HEAD"]) if where else None
         if rev:
-            dirty = _run(["git", "-C", where, "status", "--porcelain", "--untracked-files=no"])
+            # the code, not the results files a benchmark run itself rewrites
+            dirty = _run(["git", "-C", where, "status", "--porcelain", "--untracked-files=no",
+                          "--", ":/src", ":/setup.py", ":/pyproject.toml", ":/benchmarks/*.py",
+                          ":/benchmarks/*.R"])
             info["git"] = rev + ("+dirty" if dirty else "")
             info["git_of"] = src
             break
