@@ -52,8 +52,6 @@ import datetime as dt
 import json
 import os
 import pickle
-import resource
-import subprocess
 import sys
 import time
 import warnings
@@ -63,15 +61,12 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = os.path.join(HERE, "work")
 sys.path.insert(0, HERE)
+from _jobs import maxrss_gib, run_worker  # noqa: E402
 
 FORMULA = "y ~ sex + (1|herd) + (1|id)"
 #: the numeric factorization a REML round is compared with
 RATIO_GOAL = 3.0
 PCG_GOAL_SECONDS = 60.0
-
-
-def maxrss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def data_path(n, seed):
@@ -250,66 +245,16 @@ WORKERS = {"simulate": worker_simulate, "stages": worker_stages, "fit": worker_f
 
 
 # --------------------------------------------------------------------------- driver
-def _stat_snap():
-    """(total, idle) CPU ticks of all CPUs from /proc/stat."""
-    with open("/proc/stat") as fh:
-        v = [float(x) for x in fh.readline().split()[1:]]
-    return sum(v), v[3] + v[4]   # total, idle + iowait
-
-
-def cpu_busy(seconds=1.0):
-    """Fraction of all CPUs busy over ``seconds`` (from /proc/stat): other processes' load."""
-    snap = _stat_snap
-    try:
-        t0, i0 = snap()
-        time.sleep(seconds)
-        t1, i1 = snap()
-        return 1.0 - (i1 - i0) / max(t1 - t0, 1e-9)
-    except OSError:  # pragma: no cover
-        return float("nan")
-
-
 #: before each job, wait up to this many seconds for the other processes to go idle
 WAIT_IDLE = 180.0
 
 
-def wait_idle(limit: float, threshold: float = 0.15) -> float:
-    """CPU busy fraction once it is below ``threshold`` or ``limit`` seconds have passed."""
-    t0 = time.perf_counter()
-    busy = cpu_busy()
-    while busy > threshold and time.perf_counter() - t0 < limit:
-        busy = cpu_busy(2.0)
-    return busy
-
-
 def run_job(kind, n, seed, timeout):
-    load_before = wait_idle(WAIT_IDLE)
     out = os.path.join(WORK, f"animal_{kind}_n{n}_s{seed}.json")
-    if os.path.exists(out):
-        os.remove(out)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--n", str(n),
            "--seed", str(seed), "--worker-out", out]
     print(f"[{dt.datetime.now():%H:%M:%S}] {kind} n={n:,}", flush=True)
-    t0 = time.perf_counter()
-    s0 = _stat_snap()
-    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    try:
-        proc = subprocess.run(cmd, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s", "wall": time.perf_counter() - t0}
-    if proc.returncode != 0 or not os.path.exists(out):
-        return {"error": f"exit status {proc.returncode}", "wall": time.perf_counter() - t0}
-    with open(out) as fh:
-        res = json.load(fh)
-    res["wall"] = time.perf_counter() - t0
-    res["cpu_busy_before"] = load_before
-    # CPU used by other processes during the job: all busy ticks minus the job's own
-    s1 = _stat_snap()
-    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    own = (c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime) * os.sysconf("SC_CLK_TCK")
-    total = s1[0] - s0[0]
-    res["cpu_other_during"] = max(0.0, ((total - (s1[1] - s0[1])) - own) / max(total, 1e-9))
-    return res
+    return run_worker(cmd, out, timeout, WAIT_IDLE)
 
 
 STAGE_ROWS = ["pedigree", "inbreeding", "A⁻¹", "design", "assembly", "analyze",

@@ -50,8 +50,6 @@ import datetime as dt
 import json
 import logging
 import os
-import resource
-import subprocess
 import sys
 import time
 import traceback
@@ -64,7 +62,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = os.path.join(HERE, "work")
 sys.path.insert(0, HERE)
 
-from bench_animal import _stat_snap, wait_idle  # noqa: E402  (same driver conventions)
+from _jobs import maxrss_gib, run_worker, write_results  # noqa: E402  (the drivers' conventions)
 
 GOAL_MET_SECONDS = 120.0
 
@@ -76,10 +74,6 @@ FIELD = {"cols": 30, "rows": 40, "genotypes": 400, "reps": 3, "missing": 0.05,
 MET_FORMULA = "yield ~ 0 + site + site:rep + (0 + site | gen)"
 MET_RESIDUAL = "by(site, ar1(col):ar1(row))"
 MET = {"cols": 40, "rows": 30, "reps": 4, "missing": 0.03}
-
-
-def maxrss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def fmt(x, spec):
@@ -455,47 +449,16 @@ WORKERS = {"field": worker_field, "met": worker_met}
 
 
 def run_job(kind, args):
-    busy = wait_idle(args.wait_idle)
     out = os.path.join(WORK, f"field_{kind}_s{args.seed}.json")
-    if os.path.exists(out):
-        os.remove(out)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--seed", str(args.seed),
            "--met-sites", str(args.met_sites), "--met-genotypes", str(args.met_genotypes),
            "--worker-out", out]
     print(f"[{dt.datetime.now():%H:%M:%S}] {kind}", flush=True)
-    la0 = list(os.getloadavg())
-    s0 = _stat_snap()
-    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    timeout = args.timeout_minutes * 60
-    try:
-        proc = subprocess.run(cmd, timeout=timeout)
-        rc = proc.returncode
-    except subprocess.TimeoutExpired:
-        rc = "timeout"
-    wall = time.perf_counter() - t0
-    s1 = _stat_snap()
-    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if rc == 0 and os.path.exists(out):
-        with open(out) as fh:
-            res = json.load(fh)
-    else:
-        res = {"error": (f"killed after {timeout:.0f} s (--timeout-minutes)" if rc == "timeout"
-                         else f"worker exit status {rc}")}
-        logf = os.path.join(WORK, f"{kind}_mme.log")
-        if os.path.exists(logf):
-            with open(logf) as fh:
-                res["log_lines"] = fh.read().splitlines()
-    ncpu = os.cpu_count() or 1
-    busy_total = 1.0 - 0.0
-    try:
-        busy_total = ((s1[0] - s0[0]) - (s1[1] - s0[1])) / max(s1[0] - s0[0], 1e-9)
-        own = ((c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)) / (wall * ncpu)
-        res["cpu_other_during"] = max(busy_total - own, 0.0)
-    except Exception:  # pragma: no cover
-        res["cpu_other_during"] = float("nan")
-    res.update(wall=wall, cpu_busy_before=busy, loadavg_before=la0,
-               loadavg_after=list(os.getloadavg()))
+    res = run_worker(cmd, out, args.timeout_minutes * 60, args.wait_idle)
+    logf = os.path.join(WORK, f"{kind}_mme.log")
+    if "error" in res and os.path.exists(logf):
+        with open(logf) as fh:
+            res["log_lines"] = fh.read().splitlines()
     return res
 
 
@@ -743,19 +706,7 @@ def main():
         results["met"] = run_job("met", args)
     results["loadavg_end"] = list(os.getloadavg())
     results["total_minutes"] = (time.perf_counter() - t_start) / 60.0
-    try:
-        from _machine import machine_info
-        info = machine_info(include_r=False)
-        md = machine_markdown(info)
-    except Exception as exc:  # pragma: no cover
-        info, md = {"error": repr(exc)}, f"machine info unavailable: {exc!r}"
-    results["machine"] = info
-    with open(args.out_prefix + ".json", "w") as fh:
-        json.dump(results, fh, indent=1, default=float)
-    text = render(results, md)
-    with open(args.out_prefix + ".md", "w") as fh:
-        fh.write(text)
-    print(text)
+    write_results(results, args.out_prefix, render)
 
 
 if __name__ == "__main__":

@@ -51,15 +51,11 @@ No unit test times anything: this script is the only place these timings are mad
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import io
 import json
 import logging
 import os
 import pickle
-import resource
-import subprocess
 import sys
 import time
 import traceback
@@ -72,7 +68,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = os.path.join(HERE, "work")
 sys.path.insert(0, HERE)
 
-from bench_animal import _stat_snap, wait_idle  # noqa: E402  (same driver conventions)
+from _jobs import maxrss_gib, run_worker, write_results  # noqa: E402  (the drivers' conventions)
 
 RATIO_GOAL = 3.0
 
@@ -91,10 +87,6 @@ MAT_PE = 3.0
 MAT_E = 15.0
 MAT_HERDS = 50
 MAT_UNKNOWN = 0.10
-
-
-def maxrss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def data_path(kind, n, seed):
@@ -459,36 +451,13 @@ WORKERS = {"simulate_mt": worker_simulate_mt, "mt_fit": worker_mt_fit,
 
 # --------------------------------------------------------------------------- driver
 def run_job(kind, n, seed, timeout, wait):
-    load_before = wait_idle(wait)
     out = os.path.join(WORK, f"multitrait_{kind}_n{n}_s{seed}.json")
     os.makedirs(WORK, exist_ok=True)
-    if os.path.exists(out):
-        os.remove(out)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--n", str(n),
            "--seed", str(seed), "--worker-out", out]
     print(f"[{dt.datetime.now():%H:%M:%S}] {kind} n={n:,} (load avg {os.getloadavg()[0]:.2f})",
           flush=True)
-    la0 = os.getloadavg()
-    t0 = time.perf_counter()
-    s0 = _stat_snap()
-    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    try:
-        proc = subprocess.run(cmd, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s", "wall": time.perf_counter() - t0}
-    if proc.returncode != 0 or not os.path.exists(out):
-        return {"error": f"exit status {proc.returncode}", "wall": time.perf_counter() - t0}
-    with open(out) as fh:
-        res = json.load(fh)
-    res["wall"] = time.perf_counter() - t0
-    res["cpu_busy_before"] = load_before
-    s1 = _stat_snap()
-    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    own = (c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime) * os.sysconf("SC_CLK_TCK")
-    total = s1[0] - s0[0]
-    res["cpu_other_during"] = max(0.0, ((total - (s1[1] - s0[1])) - own) / max(total, 1e-9))
-    res["loadavg_before"] = list(la0)
-    res["loadavg_after"] = list(os.getloadavg())
+    res = run_worker(cmd, out, timeout, wait)
     msg = (f"  {kind}: {res.get('seconds_fit', res.get('seconds', float('nan'))):.1f} s"
            + (f", {res['n_iter']} iterations, converged={res['converged']}, round/fact "
               f"{res['ratio_round_factorization']:.2f}, peak RSS {res['peak_rss_gib']:.2f} GiB"
@@ -757,19 +726,7 @@ def main():
                 mat[key] = run_job(kind, c, seed, timeout, w)
     results["loadavg_end"] = list(os.getloadavg())
     results["total_minutes"] = (time.perf_counter() - t_start) / 60.0
-    try:
-        from _machine import machine_info
-        info = machine_info(include_r=False)
-        md = machine_markdown(info)
-    except Exception as exc:  # pragma: no cover
-        info, md = {"error": repr(exc)}, f"machine info unavailable: {exc!r}"
-    results["machine"] = info
-    with open(args.out_prefix + ".json", "w") as fh:
-        json.dump(results, fh, indent=1, default=float)
-    text = render(results, md)
-    with open(args.out_prefix + ".md", "w") as fh:
-        fh.write(text)
-    print(text)
+    write_results(results, args.out_prefix, render)
 
 
 if __name__ == "__main__":
