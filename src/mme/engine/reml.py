@@ -219,6 +219,7 @@ class Likelihood:
         cols = np.concatenate([s.cols for s in mme.structures] + [np.zeros(0, np.int64)])
         diag = np.arange(p, mme.dim, dtype=np.int64)
         req_r, req_c = np.concatenate([rows, diag]), np.concatenate([cols, diag])
+        Cxx_inv = np.linalg.inv(ev.F[:p]) if ml else None
         if self.residual.is_scalar:
             both = mme.selected_inverse(req_r, req_c)
         else:
@@ -227,13 +228,11 @@ class Likelihood:
                 # ML: T⁻¹ = (Z'R⁻¹Z + G⁻¹)⁻¹ = Cᵘᵘ − Fᵤ(Cˣˣ)⁻¹Fᵤ' on the uu block, nothing else
                 pr, pc = mme.pattern_rows, mme.pattern_cols
                 uu = (pr >= p) & (pc >= p)
-                Cxx_inv = np.linalg.inv(ev.F[:p])
                 on_C = np.where(uu, on_C - np.einsum("ij,jk,ik->i", ev.F[pr], Cxx_inv,
                                                      ev.F[pc]), 0.0)
             ev.T_cells = mme.B_trace.T @ on_C
         cinv, ev.cuu_diag = both[:rows.shape[0]], both[rows.shape[0]:]
         if ml:
-            Cxx_inv = np.linalg.inv(ev.F[:p])
             cinv = cinv - np.einsum("ij,jk,ik->i", ev.F[rows], Cxx_inv, ev.F[cols])
         i = 0
         for s in mme.structures:

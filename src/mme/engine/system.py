@@ -22,6 +22,8 @@ order), then σ²ₑ; ``split`` and ``theta_of`` convert.
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import scipy.sparse as sp
 from sksparse import cholmod
@@ -120,7 +122,7 @@ class MME:
         # each (flat prior), appended after Z (``model.spatial``)
         self.n_aug = self.residual.n_missing
         if self.n_aug:
-            m, (n0, d0) = self.n_aug, self.W.shape
+            m = self.n_aug
             self.W = sp.bmat([[self.W, None], [None, sp.identity(m, format="csc")]],
                              format="csc")
             self.y = np.concatenate([self.y, np.zeros(m)])
@@ -324,12 +326,12 @@ class MME:
         return self.solve(E)
 
     # -- selected inverse --------------------------------------------------
-    @property
+    @cached_property
     def pattern_rows(self) -> np.ndarray:
-        """Row of each slot of C.data."""
+        """Row of each slot of C.data (C's pattern is fixed: computed once)."""
         return self.C.indices.astype(np.int64)
 
-    @property
+    @cached_property
     def pattern_cols(self) -> np.ndarray:
         """Column of each slot of C.data."""
         return np.repeat(np.arange(self.dim, dtype=np.int64), np.diff(self.C.indptr))

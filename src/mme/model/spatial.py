@@ -245,7 +245,13 @@ class SpatialResidual:
         return sp.csr_matrix((self.N, self.N)) if H is None else sp.csr_matrix(H)
 
     def apply_rinv(self, phi, V: np.ndarray) -> np.ndarray:
-        return self._H(self.rinv_cells(phi)) @ V
+        """R⁻¹V with H = R⁻¹ assembled once per φ (an evaluation applies it several times)."""
+        key = np.asarray(phi, dtype=float).tobytes()
+        cached = self.__dict__.get("_rinv_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self._H(self.rinv_cells(phi)))
+            object.__setattr__(self, "_rinv_cache", cached)
+        return cached[1] @ V
 
     def unit_quadratic(self, e: np.ndarray, Ms) -> float:
         return float(e @ (self._H(Ms) @ e))
