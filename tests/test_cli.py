@@ -29,6 +29,10 @@ FILES = ("fixed_effects.csv", "random_effects.csv", "variance_components.csv",
          "iteration_log.csv", "summary.txt", "methods.md", "mme.log")
 
 
+#: a checkpoint's AI against the same round of the in-process fit: the same stages and
+#: arithmetic on the same θ path (achieved: identical, 0.0; margin for BLAS threading)
+RTOL_RESUME = 1e-10
+
 @pytest.fixture(scope="module")
 def api_fit():
     ped_df, records = load_animal()
@@ -298,6 +302,10 @@ def test_checkpoint_resume_reaches_the_uninterrupted_fit(tmp_path, api_fit, caps
     state = json.loads(ck.read_text())
     assert state["status"] == "not converged" and len(state["theta"]) == 3
     assert [r["iteration"] for r in state["rounds"]] == [0, 1]
+    # the AI at round 1's θ, as the uninterrupted fit computed it there
+    assert fit.history[1].ai is not None
+    np.testing.assert_allclose(state["ai_theta"], fit.history[1].theta, rtol=RTOL_RESUME)
+    np.testing.assert_allclose(state["ai"], fit.history[1].ai, rtol=RTOL_RESUME)
     assert not list(tmp_path.glob(".*.tmp"))        # written atomically, nothing left over
     # resumed: the same estimates as the uninterrupted fit
     args = [a for a in _fit_args(tmp_path / "b", "--checkpoint", str(ck)) if a != "--quiet"]
@@ -397,7 +405,11 @@ def test_sigkill_mid_round_then_resume_reaches_the_uninterrupted_estimates(tmp_p
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL and seen >= 2
     state = json.loads(ck.read_text())
-    assert state["status"] == "running" and state["ai"] is None
+    assert state["status"] == "running"
+    # every round's checkpoint holds the AI at its θ: symmetric positive definite
+    ai = np.array(state["ai"])
+    assert ai.shape == (3, 3) and np.allclose(ai, ai.T) and np.all(np.linalg.eigvalsh(ai) > 0)
+    np.testing.assert_allclose(state["ai_theta"], state["theta"])
     killed_at = max(r["iteration"] for r in state["rounds"])
     assert not (tmp_path / "resumed" / "variance_components.csv").exists()
     # the same command again: resumes after the last checkpointed round
@@ -631,3 +643,30 @@ def test_methods_text_structures():
     t = mme.fit(f, wide, variances={"sire": [[1, 0.5], [0.5, 1]],
                                     "Residual": [[1, 0], [0, 1]]}).methods_text()
     assert "at the given variances" in t and "AI-REML" not in t
+
+
+def test_progress_estimates_the_time_left():
+    """The expected rounds left follow the decrement's rate: 1e-3 → 1e-5 (÷100 a round)
+    reaches TOL_DECREMENT_ABS = 1e-9 in ⌈log(1e-4) / log(1e-2)⌉ = 2 more rounds."""
+    import io
+    from types import SimpleNamespace
+    from mme.cli.progress import Progress
+    from mme.engine.reml import TOL_DECREMENT_ABS
+    assert TOL_DECREMENT_ABS == 1e-9
+    p = Progress(stream=io.StringIO(), bar=False)
+    p.reml_start(max_iter=50)
+    rec = lambda it, d: SimpleNamespace(iteration=it, kind="AI", loglik=-10.0 + it, step=1.0,
+                                        decrement=d, seconds=3.0)
+    p.reml_round(rec(1, 1e-3))
+    p.reml_round(rec(2, 1e-5))
+    lines = p.stream.getvalue().splitlines()
+    assert not lines[0].endswith("left")                 # no rate after one round
+    assert lines[1].endswith("~2 rounds (~6 s) left")
+    p.reml_round(rec(3, 1e-10))
+    assert p.stream.getvalue().splitlines()[2].endswith("converging")
+    p.reml_start(max_iter=3)                             # capped by max_iter
+    p.reml_round(rec(1, 1.0))
+    p.reml_round(rec(2, 0.9))
+    assert p.stream.getvalue().splitlines()[-1].endswith("~1 round (~3 s) left")
+    p.reml_round(rec(3, 2.0))                            # a growing decrement: no estimate
+    assert p.stream.getvalue().splitlines()[-1].endswith("s")

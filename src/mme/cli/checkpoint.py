@@ -10,15 +10,15 @@ torn one:
      "status": "running" | "converged" | "not converged"}
 
 ``rounds`` holds each round's iteration, kind, logLik, step, decrement, seconds and
-θ. ``ai`` is the average-information matrix (k × k, θ's order) at ``ai_theta``: the
-final checkpoint of a run (status "converged" or "not converged") holds the AI of
-the last evaluation (``Fit.internals.ai``), whose inverse gives the variance
-parameters' standard errors. The checkpoints written during the run hold ``null``:
-the REML iteration hands its callback the round's record (θ, logLik, step,
-decrement), not the evaluation, and recomputing AI would cost a second selected
-inversion per round. A resumed run does not need it: AI-REML re-evaluates score and
-AI at the checkpoint's θ before its first step, exactly as the uninterrupted run did
-at that θ, so both take the same steps from there. The fingerprint names the model and its data — formula, method, residual,
+θ. ``ai`` is the average-information matrix (k × k, θ's order) at ``ai_theta``, in
+every checkpoint: after a round, the AI at that round's θ (the matrix AI-REML's next
+step uses; its inverse gives the variance parameters' standard errors there), and in
+the final checkpoint of a run (status "converged" or "not converged") the AI of the
+last evaluation (``Fit.internals.ai``). A resumed run does not read it back: AI-REML
+re-evaluates score and AI at the checkpoint's θ before its first step, exactly as
+the uninterrupted run did at that θ, so both take the same steps from there; it is
+there so a killed job's last state can be inspected (approximate SEs) without
+refitting. The fingerprint names the model and its data — formula, method, residual,
 weights, relmat, covary, structure, each data and pedigree file's size and
 SHA-256, the number of records, the MME's dimension and the number of parameters.
 On start, an existing checkpoint whose fingerprint matches is resumed: AI-REML

@@ -1,7 +1,8 @@
 """Progress of a command-line run on stderr, and its log file.
 
 Each stage (reading data, the pedigree, the design, the symbolic analysis, every
-REML round) is one line on stderr, ``[mme] ...``; with ``tqdm`` installed the REML
+REML round, with the rounds and time expected to be left) is one line on stderr,
+``[mme] ...``; with ``tqdm`` installed the REML
 rounds are a tqdm bar instead (logLik, change and seconds as its postfix) and the
 lines go through ``tqdm.write`` so the bar stays at the bottom. ``--quiet`` turns
 stderr off. Everything is also written to the log file (``mme.log`` in the output
@@ -10,8 +11,13 @@ folder), with the library's own per-iteration lines (logger ``"mme"``).
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
+
+import numpy as np
+
+from ..engine.reml import TOL_DECREMENT_ABS
 
 log = logging.getLogger("mme.cli")
 
@@ -35,6 +41,8 @@ class Progress:
         self._bar = None
         self._t0 = time.perf_counter()
         self._last_loglik = None
+        self._last_decrement = None
+        self._seconds = []
         self.max_iter = None
 
     def note(self, msg: str) -> None:
@@ -52,6 +60,8 @@ class Progress:
     def reml_start(self, max_iter: int, loglik0: float | None = None) -> None:
         self.max_iter = max_iter
         self._last_loglik = loglik0
+        self._last_decrement = None
+        self._seconds = []
         self._t0 = time.perf_counter()
         if self.tqdm is not None and not self.quiet:
             self._bar = self.tqdm(total=max_iter, desc="AI-REML", unit="round",
@@ -63,22 +73,51 @@ class Progress:
         change = (rec.loglik - self._last_loglik) if self._last_loglik is not None else None
         self._last_loglik = rec.loglik
         ch = f"{change:+.3g}" if change is not None else "-"
+        self._seconds.append(rec.seconds)
+        left = self.time_left(rec.decrement, rec.iteration)
+        self._last_decrement = rec.decrement
         msg = (f"REML round {rec.iteration + offset}: {rec.kind}, logLik {rec.loglik:.6f}, change {ch}, "
-               f"decrement {rec.decrement:.2g}, {rec.seconds:.2f} s")
+               f"decrement {rec.decrement:.2g}, {rec.seconds:.2f} s" + (f", {left}" if left else ""))
         log.info(msg)
         if self.quiet:
             return
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(logLik=f"{rec.loglik:.4f}", change=ch,
-                                  s=f"{rec.seconds:.2f}")
+                                  s=f"{rec.seconds:.2f}", left=left or "?")
         else:
             print(f"[mme] {msg}", file=self.stream, flush=True)
+
+    def time_left(self, decrement: float, iteration: int) -> str | None:
+        """Expected rounds and time left: the Newton decrement (the convergence test,
+        ``reml.TOL_DECREMENT_ABS``) shrank by the ratio r = d_k / d_(k-1) this round; at
+        that rate (AI-REML near the optimum is at least that fast) it reaches the
+        tolerance in ⌈log(tol / d_k) / log r⌉ rounds of the mean round time so far,
+        capped by the rounds ``max_iter`` leaves. None while there is no rate yet (first
+        round, or a decrement that grew)."""
+        d0, d1 = self._last_decrement, decrement
+        if d0 is None or not (0.0 < d1 < d0) or not np.isfinite(d0):
+            return None
+        if d1 < TOL_DECREMENT_ABS:
+            return "converging"
+        rounds = math.ceil(math.log(TOL_DECREMENT_ABS / d1) / math.log(d1 / d0))
+        if self.max_iter is not None:
+            rounds = min(rounds, max(self.max_iter - iteration, 0))
+        secs = rounds * float(np.mean(self._seconds))
+        return f"~{rounds} round{'s' if rounds != 1 else ''} (~{_duration(secs)}) left"
 
     def reml_end(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class LogFile:

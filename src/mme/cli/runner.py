@@ -4,8 +4,8 @@ The stages are the public ones of :mod:`mme.fitting` (``build_design``, ``build_
 ``estimate``, ``assemble``, with the same BLAS threading as ``mme.fit``), so the
 numbers written equal ``mme.fit``'s. Between ``build_mme`` and the estimation
 CHOLMOD's symbolic analysis is run once (and kept for the fit) and the memory
-forecast (:mod:`mme.cli.memory`) may refuse the model. With ``checkpoint`` the θ and
-iteration log of every REML round are saved (and at the end the AI matrix), and an
+forecast (:mod:`mme.cli.memory`) may refuse the model. With ``checkpoint`` the θ, the
+iteration log and the AI matrix of every REML round are saved, and an
 existing matching checkpoint is resumed (:mod:`mme.cli.checkpoint`).
 """
 from __future__ import annotations
@@ -137,7 +137,8 @@ def _run(cfg, progress: Progress, out: Path, caught: list) -> int:
                 d = ckpt.record_dict(rec)
                 d["iteration"] += offset
                 rounds.append(d)
-                ckpt.save(cfg.checkpoint, fp, rec.theta, rounds)
+                ckpt.save(cfg.checkpoint, fp, rec.theta, rounds, ai=rec.ai,
+                          ai_theta=rec.theta if rec.ai is not None else None)
 
         route = "known variances" if cfg.variances is not None else "AI-REML"
         progress.note(f"estimating ({cfg.method}, {route})")

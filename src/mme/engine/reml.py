@@ -70,11 +70,18 @@ class IterationRecord:
     step: float
     decrement: float
     seconds: float
+    #: the average-information matrix at ``theta`` (the one the next step uses; its
+    #: inverse gives the SEs there), or None where no AI was computed (a Λ-form row)
+    ai: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         theta = np.array(self.theta, dtype=float, copy=True)
         theta.setflags(write=False)
         object.__setattr__(self, "theta", theta)
+        if self.ai is not None:
+            ai = np.array(self.ai, dtype=float, copy=True)
+            ai.setflags(write=False)
+            object.__setattr__(self, "ai", ai)
 
 
 @dataclass
@@ -593,7 +600,7 @@ def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter:
         # test costs nothing and saves the confirming step
         decrement_new = _decrement(ev, ~(at_bound & (ev.score < 0)))
         rec = IterationRecord(it, kind, theta.copy(), ev.loglik, step, decrement_new,
-                              time.perf_counter() - t1)
+                              time.perf_counter() - t1, ai=ev.AI)
         history.append(rec)
         if callback is not None:
             callback(rec)
