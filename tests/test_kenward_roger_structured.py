@@ -605,25 +605,7 @@ def test_refusals():
         kenward_roger(mme.fit("y ~ trt + x", df))
     with pytest.raises(mme.OptionError, match="trace_method"):
         kenward_roger(_case("by_site")[0], trace_method="lanczos")
-    # a G₀ that is not linear in its parameters (factor-analytic, when present)
-    try:
-        fa = mme.fit(CASES["us_trait"]["formula"], _sires(), structure={"sire": "fa(1)"})
-    except mme.FormulaError:
-        fa = None
-    if fa is not None:
-        with pytest.raises(mme.DfMethodError, match="factor-analytic"):
-            kenward_roger(fa)
-    # a residual that is not linear in its parameters (spatial AR1 ⊗ AR1, when present)
-    grid = pd.DataFrame({"col": np.repeat(np.arange(1, 7), 6), "row": np.tile(np.arange(1, 7), 6)})
-    rng = np.random.default_rng(0)
-    grid["y"], grid["x"] = rng.normal(size=36), rng.normal(size=36)
-    grid["gen"] = rng.integers(0, 6, 36)
-    try:
-        sp_fit = mme.fit("y ~ x + (1|gen)", grid, residual="ar1(col):ar1(row)")
-    except mme.FormulaError:
-        pytest.skip("no spatial residual in this version")
-    with pytest.raises(mme.DfMethodError, match="linear in their parameters"):
-        kenward_roger(sp_fit)
+    # FA G₀ and AR1 ⊗ AR1 residuals go to the dense route (tests/test_kr_nonlinear.py)
 
 
 def _r_case(name):

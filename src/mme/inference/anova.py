@@ -75,9 +75,6 @@ def resolve_df_method(fit, df_method: str) -> str:
         raise DfMethodError("residual df apply to models without random terms and with "
                             "R = σ²I; use 'kenward-roger', 'satterthwaite' or 'asymptotic'")
     if method == "kenward-roger":
-        if any(s.fa_k for s in fit.internals.mme.structures):
-            raise DfMethodError("Kenward-Roger df are not implemented for factor-analytic "
-                                "G₀ (structure='fa(k)'); use df_method='satterthwaite'")
         check_kenward_roger(fit)
     if method == "satterthwaite" and not fit.estimated:
         raise DfMethodError("Satterthwaite df need estimated variances; these were given "

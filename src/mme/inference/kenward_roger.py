@@ -56,8 +56,9 @@ C⁻¹ (q solves besides F; the products in row chunks; memory about 4 dim² dou
 ``"hutchinson"``: Rademacher probes x in the q-space for block × block (as above) and
 block × residual (x'aᵢ[C⁻¹HⱼC⁻¹(0; Γx)]ᵤ, sharing the solve C⁻¹(0; Γx)), and probes z in
 the n-space for residual × residual (z'PRᵢPRⱼz, the target itself); (1 + k) solves per
-q-probe and (1 + kᵣ) per n-probe. A residual that is not linear in its parameters (a
-spatial AR1 ⊗ AR1, Rᵢⱼ ≠ 0) is refused.
+q-probe and (1 + kᵣ) per n-probe. A V that is not linear in θ (a spatial AR1 ⊗ AR1
+residual, an FA G₀: Rᵢⱼ ≠ 0) goes to :mod:`mme.inference.kr_nonlinear` (dense V, with
+Kenward & Roger's second-derivative term).
 
 The df and the F scaling then follow pbkrtest's ``.KR_adjust`` / ``Lb_ddf`` literally.
 pbkrtest needs a REML fit, and so does this module.
@@ -71,6 +72,7 @@ import scipy.sparse as sp
 
 from .._errors import DfMethodError, OptionError
 from ..model.covariance import ginv_matrix
+from .kr_nonlinear import kenward_roger_dense, needs_dense
 
 #: Largest number of random effects q for which the traces are computed exactly.
 EXACT_MAX_Q = 5000
@@ -180,21 +182,19 @@ def check_kenward_roger(fit) -> None:
     if not fit.estimated:
         raise DfMethodError("Kenward-Roger df need estimated variances; these were given "
                             "(use df_method='asymptotic')")
-    nonlinear = [s.block.group for s in fit.internals.mme.structures
-                 if getattr(s, "kind", "us") not in LINEAR_BLOCK_KINDS]
-    if nonlinear:
-        raise DfMethodError(f"Kenward-Roger df are not implemented for factor-analytic G₀ "
-                            f"(structure='fa(k)' on {', '.join(nonlinear)}: V is not linear "
-                            f"in the loadings); use df_method='satterthwaite'")
+    if needs_dense(fit):
+        return          # FA G₀ or AR1 ⊗ AR1 residual: the dense-V route (kr_nonlinear)
     if not res.is_scalar and (res.kind not in LINEAR_RESIDUAL_KINDS
                               or getattr(fit.internals.mme, "n_aug", 0)):
         raise DfMethodError(f"Kenward-Roger df are implemented for residual structures "
                             f"linear in their parameters (σ²ₑ with or without weights, "
-                            f"by()/diag(), us()); this fit's residual is {res.kind!r}: use "
-                            f"df_method='satterthwaite'")
+                            f"by()/diag(), us()) and for AR1 ⊗ AR1; this fit's residual is "
+                            f"{res.kind!r}: use df_method='satterthwaite'")
 
 
 def _compute(fit, trace_method, n_probes, seed, exact_max_q) -> KenwardRoger:
+    if needs_dense(fit):
+        return kenward_roger_dense(fit)
     if not fit.internals.mme.residual.is_scalar:
         return _compute_structured(fit, trace_method, n_probes, seed, exact_max_q)
     it = fit.internals
