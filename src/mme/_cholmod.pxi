@@ -463,6 +463,18 @@ cdef class Factor:
         v.flags.writeable = False
         return v
 
+    def supernodal_arrays(self):
+        """Views of the supernodal factor's integer arrays ``(super, pi, px, s)``:
+        supernode J has columns super[J]..super[J+1]-1, row indices
+        s[pi[J]:pi[J+1]] (its own columns first) and values from px[J] on,
+        column-major (nrows x ncols)."""
+        self._alive()
+        if not self.L.is_super:
+            raise InternalError("supernodal_arrays of a simplicial factor")
+        ns = self.L.nsuper
+        return (_view_int64(self.L.super_, ns + 1, self), _view_int64(self.L.pi, ns + 1, self),
+                _view_int64(self.L.px, ns + 1, self), _view_int64(self.L.s, self.L.ssize, self))
+
     cdef object _supernode_of(self):
         """Supernode of each column (computed once per analysis)."""
         if self._sn_of is None:
