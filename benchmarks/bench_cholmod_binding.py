@@ -18,7 +18,9 @@ simulated pedigree, data from ``simulate_animal``; written once to
   L found once) — the L() copy is timed separately;
 * a solve with one right-hand side and the log-determinant.
 
-Each step runs ``--repeats`` times, alternating binding / scikit-sparse, and the best
+The BLAS thread policy of a fit applies (``dense_blas_threads(1)``; the selected
+inverse of a large L on every core, ``all_cores_for_large``, for both routes). Each
+step runs ``--repeats`` times, alternating binding / scikit-sparse, and the best
 of each is kept (a shared host: the minimum is the least disturbed). The load
 averages before and after are recorded. Both routes' results are compared
 (permutation, log-determinant, selected inverse, solve).
@@ -45,7 +47,8 @@ def worker(n: int, seed: int, repeats: int) -> dict:
     import bench_animal as ba
     from _jobs import maxrss_gib
     from mme import _core
-    from mme.engine.cholesky import Cholesky, supernode_partition
+    from mme._threads import all_cores_for_large, dense_blas_threads
+    from mme.engine.cholesky import PARALLEL_SELINV_MIN_NNZ, Cholesky, supernode_partition
     from mme.engine.reml import Likelihood
     from mme.engine.system import MME
     from mme.model.design import build_design
@@ -73,6 +76,8 @@ def worker(n: int, seed: int, repeats: int) -> dict:
         return out
 
     ours = theirs = None
+    threads = dense_blas_threads(1)      # as inside mme.fit (dense_blas_threads=1)
+    threads.__enter__()
     for _ in range(repeats):
         if ours is not None:
             ours.free()
@@ -102,14 +107,20 @@ def worker(n: int, seed: int, repeats: int) -> dict:
 
         pos = timed("scikit-sparse: slots of C (once per analysis)", slots_csc)
         sn = timed("scikit-sparse: supernode partition (once)", lambda: supernode_partition(L))
-        Zc = np.empty_like(L.data)
-        timed("scikit-sparse: selected inverse on L()",
-              lambda: _core.selected_inverse_supernodal(L.indptr, L.indices, L.data, Zc, sn))
+
+        def selinv_csc():       # as MME.selected_inverse did: a fresh output array
+            Zc = np.empty_like(L.data)
+            with all_cores_for_large(ours.nnz_L >= PARALLEL_SELINV_MIN_NNZ):
+                _core.selected_inverse_supernodal(L.indptr, L.indices, L.data, Zc, sn)
+            return Zc
+
+        Zc = timed("scikit-sparse: selected inverse on L()", selinv_csc)
         z_theirs = Zc[pos]
         x_theirs = timed("scikit-sparse: solve", lambda: theirs.solve_A(b))
         ld_theirs = timed("scikit-sparse: logdet", lambda: theirs.logdet())
         nnz_L_csc = int(L.nnz)
         del L, Zc
+    threads.__exit__(None, None, None)
     sym = ours.symbolic()
     agree = {
         "same_permutation": bool(np.array_equal(ours.perm, theirs.P())),
