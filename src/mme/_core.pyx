@@ -147,3 +147,4 @@ def csc_positions(idx_t[::1] indptr, idx_t[::1] indices, const int64_t[::1] rows
 
 include "_selinv.pxi"
 include "_pedigree.pxi"
+include "_cholmod.pxi"

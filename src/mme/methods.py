@@ -11,7 +11,7 @@ inbreeding), the estimation (REML or ML; AI-REML with step-halving and EM fallba
 rounds as they were taken, the boundary finish; the convergence criterion; rounds
 and log L), standard errors, PEV and reliabilities, the df method of the fixed
 effects' tests (and Kenward–Roger where it was used), and the software with its
-versions (mme, NumPy, SciPy, pandas, formulaic, scikit-sparse, SuiteSparse/CHOLMOD,
+versions (mme, NumPy, SciPy, pandas, formulaic, SuiteSparse/CHOLMOD as linked into ``_core``,
 the BLAS libraries loaded, via threadpoolctl). References are listed as they apply.
 
 ``info`` adds what only a run knows (the command line passes it): rows read, the
@@ -20,7 +20,6 @@ a checkpoint was resumed.
 """
 from __future__ import annotations
 
-import ctypes
 import importlib.metadata as md
 import platform
 
@@ -78,24 +77,14 @@ def _version(pkg: str) -> str | None:
 
 
 def suitesparse_version() -> str | None:
-    """'SuiteSparse x.y.z (CHOLMOD a.b.c)' of the library scikit-sparse loaded (asked
-    through its own exported ``SuiteSparse_version``/``cholmod_version``), or None."""
+    """'SuiteSparse x.y.z (CHOLMOD a.b.c)' of the library ``mme._core`` is linked
+    against (its ``SuiteSparse_version``/``cholmod_l_version`` at run time), or None."""
     try:
-        from sksparse import cholmod
-        lib = ctypes.CDLL(cholmod.__file__)
-    except Exception:      # not a shared object we can open: leave it out
+        from . import _core
+        _, (ss, ch) = _core.cholmod_versions()
+    except Exception:      # a core built without the binding: leave it out
         return None
-    out = []
-    for fn, name in (("SuiteSparse_version", "SuiteSparse"), ("cholmod_version", "CHOLMOD")):
-        v = (ctypes.c_int * 3)()
-        try:
-            getattr(lib, fn)(v)
-        except (AttributeError, OSError):
-            continue
-        out.append(f"{name} {v[0]}.{v[1]}.{v[2]}")
-    if not out:
-        return None
-    return out[0] + (f" ({out[1]})" if len(out) > 1 else "")
+    return f"SuiteSparse {ss[0]}.{ss[1]}.{ss[2]} (CHOLMOD {ch[0]}.{ch[1]}.{ch[2]})"
 
 
 def _blas_libraries() -> list:
@@ -126,7 +115,7 @@ def software_versions() -> dict:
     'numpy': ..., ..., 'SuiteSparse': 'x.y.z (CHOLMOD a.b.c)', 'BLAS': '...'}."""
     import mme
     out = {"mme": mme.__version__, "Python": platform.python_version()}
-    for pkg in ("numpy", "scipy", "pandas", "formulaic", "scikit-sparse"):
+    for pkg in ("numpy", "scipy", "pandas", "formulaic"):
         v = _version(pkg)
         if v:
             out[pkg] = v

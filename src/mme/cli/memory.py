@@ -365,7 +365,7 @@ def forecast(system, factor, limit=None) -> Forecast:
     round, with L's copy and the selected inverse, locating C's pattern in L
     (7 int64 arrays of nnz(C)).
     """
-    parent, counts = _symbolic(system.C, factor.P())
+    parent, counts = _symbolic(system.C, factor.perm)
     nnz_L = int(sum(counts))
     flops = float(sum(c * c for c in counts))
     supernodal = flops / max(nnz_L, 1) >= SUPERNODAL_SWITCH

@@ -193,9 +193,9 @@ def _forecast(cfg, system, progress: Progress) -> None:
     limit = cfg.memory_limit
     if limit is not None and str(limit).lower() in ("off", "none", "no"):
         return
-    from sksparse import cholmod
+    from ..engine.cholesky import Cholesky
     t = time.perf_counter()
-    factor = cholmod.analyze(system.C, ordering_method=system.ordering)
+    factor = Cholesky(system.C, system.ordering)
     system.factor = factor          # the analysis the first factorization would do
     system.n_analyze += 1
     fc = memory.forecast(system, factor, limit)

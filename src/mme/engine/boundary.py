@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import Bounds, minimize
-from sksparse import cholmod
 
+from .._errors import NotPositiveDefiniteError
+from .cholesky import Cholesky
 from .reml import Likelihood
 from .system import csc_slots
 
@@ -140,19 +141,19 @@ class RelativeFactorForm:
         np.add.at(data, self.kslots, self.kvals)
         self.C.data[:] = data
         if self.factor is None:
-            self.factor = cholmod.analyze(self.C, ordering_method=self.model.mme.ordering)
-        self.factor.cholesky_inplace(self.C)
+            self.factor = Cholesky(self.C, self.model.mme.ordering)
+        self.factor.factorize(self.C)
         self.n_eval += 1
         rhs = T.T @ self.Wty
-        sol = self.factor.solve_A(rhs)
+        sol = self.factor.solve(rhs)
         pwrss = max(self.yty - float(sol @ rhs), 1e-300)
-        return float(self.factor.logdet()), pwrss, sol
+        return self.factor.logdet(), pwrss, sol
 
     def _cinv_xx(self) -> np.ndarray:
         """(C*⁻¹)ₓₓ from the factor in hand."""
         E = np.zeros((self.dim, self.p))
         E[np.arange(self.p), np.arange(self.p)] = 1.0
-        return self.factor.solve_A(E)[:self.p]
+        return self.factor.solve(E)[:self.p]
 
     def _m2ll(self, logdet: float, pwrss: float, s2e: float) -> float:
         m = self.n if self.ml else self.n - self.p
@@ -243,18 +244,18 @@ class StructuredRelativeFactorForm(RelativeFactorForm):
         np.add.at(data, self.kslots, self.kvals)
         self.C.data[:] = data
         if self.factor is None:
-            self.factor = cholmod.analyze(self.C, ordering_method=mme.ordering)
+            self.factor = Cholesky(self.C, mme.ordering)
         try:
-            self.factor.cholesky_inplace(self.C)
-        except cholmod.CholmodNotPositiveDefiniteError:
+            self.factor.factorize(self.C)
+        except NotPositiveDefiniteError:
             return np.inf, None, None
         self.n_eval += 1
         rhs = T.T @ mme.rhs(r)
-        sol = self.factor.solve_A(rhs)
+        sol = self.factor.solve(rhs)
         yPy = mme.yRy(r) - float(sol @ rhs)
         m = self.n - mme.n_aug if self.ml else self.n - mme.n_aug - self.p
         out = (m * np.log(2.0 * np.pi) + res.logdet(R0) + self.logdet_K
-               + float(self.factor.logdet()) + yPy)
+               + self.factor.logdet() + yPy)
         if self.ml and self.p:
             out += np.linalg.slogdet(self._cinv_xx())[1]
         return float(out), None, sol

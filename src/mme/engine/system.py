@@ -6,9 +6,9 @@
 C is stored as its lower triangle (CSC), the form CHOLMOD reads. Its pattern —
 W'W with W = [X Z] plus every G⁻¹ slot — is built once; each parameter value
 only rewrites ``C.data`` in place: ``C.data = base / σ²ₑ``, then the G⁻¹ values
-at their precomputed slots. ``cholmod.analyze`` (fill-reducing ordering and
-symbolic factorization) runs once per model; each θ costs one numeric
-refactorization (``Factor.cholesky_inplace``).
+at their precomputed slots. CHOLMOD's analysis (``cholesky.Cholesky``: fill-reducing
+ordering and symbolic factorization) runs once per model; each θ costs one numeric
+refactorization (``Cholesky.factorize``).
 
 Factor state is explicit: ``MME.theta`` is the θ whose values C and its factor
 hold, and ``MME.ensure(θ)`` is the one way to put them there (a no-op when they
@@ -26,13 +26,14 @@ from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
-from sksparse import cholmod
 
 from .. import _core
 from .._errors import FactorReleasedError, InternalError, NotPositiveDefiniteError
-from .._threads import all_cores_for_large
 from ..model.covariance import BlockStructure
 from ..model.design import Design
+from .cholesky import (MAX_DENSE_TAIL, MAX_SUPERNODE_WIDTH,  # noqa: F401 (re-exported)
+                       PARALLEL_SELINV_MIN_NNZ, Cholesky, dense_tail_start,
+                       supernode_partition)
 
 
 def csc_slots(M: sp.csc_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -41,40 +42,6 @@ def csc_slots(M: sp.csc_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
     _core.csc_positions(M.indptr, M.indices, np.ascontiguousarray(rows, dtype=np.int64),
                         np.ascontiguousarray(cols, dtype=np.int64), pos)
     return pos
-
-
-#: Largest dense trailing block of L inverted with LAPACK (w² doubles of memory).
-MAX_DENSE_TAIL = 12000
-#: nnz(L) from which the selected inverse runs SciPy's BLAS on every core (``_threads``)
-PARALLEL_SELINV_MIN_NNZ = 20_000_000
-#: Widest supernode taken as one block by the supernodal selected inverse (w² doubles).
-MAX_SUPERNODE_WIDTH = 1024
-
-
-def dense_tail_start(L) -> int:
-    """First column of the dense lower triangle that ends L (n when there is none).
-
-    Fill-reducing orderings end L with a dense block (the last separator, the
-    fixed effects); the supernodal selected inverse takes it as one block and
-    inverts it with LAPACK (``dtrtri`` + ``dlauum``). Blocks narrower than 64 or
-    wider than ``MAX_DENSE_TAIL`` are left to the ordinary supernode partition.
-    """
-    n = L.shape[0]
-    dense = np.diff(L.indptr) == (n - np.arange(n))
-    bad = np.flatnonzero(~dense)
-    t = int(bad[-1]) + 1 if bad.size else 0
-    w = n - t
-    return t if 64 <= w <= MAX_DENSE_TAIL else n
-
-
-def supernode_partition(L) -> np.ndarray:
-    """Column blocks for ``_core.selected_inverse_supernodal``: supernodes + the dense tail."""
-    n = L.shape[0]
-    t = dense_tail_start(L)
-    starts = _core.supernodes(L.indptr, L.indices, t, MAX_SUPERNODE_WIDTH)
-    if t < n:
-        starts = np.append(starts, n)
-    return starts
 
 
 def choose_ordering(ordering: str, structures: list) -> str:
@@ -108,7 +75,7 @@ class MME:
     sizes : list of int    number of θ entries of each block
     k : int                len(θ) (block parameters, then R₀'s)
     theta : ndarray or None  the θ whose values C and the factor hold
-    factor : sksparse.cholmod.Factor, analyzed once (``n_analyze`` counts it)
+    factor : cholesky.Cholesky, analyzed once (``n_analyze`` counts it)
     """
 
     def __init__(self, design: Design, ordering: str = "auto"):
@@ -143,7 +110,6 @@ class MME:
         self.released = False
         self.n_analyze = 0
         self.n_factorize = 0
-        self._supernodes = None
         self._pattern_in_L = None
 
     def block_Z(self, s: BlockStructure):
@@ -265,10 +231,11 @@ class MME:
         self.theta = theta.copy()
 
     def release(self) -> None:
-        """Drop the factor (and C's values); ``ensure`` raises afterwards."""
+        """Free the factor (and C's values); ``ensure`` raises afterwards."""
+        if self.factor is not None:
+            self.factor.free()
         self.factor = None
         self.theta = None
-        self._supernodes = None
         self._pattern_in_L = None
         self.released = True
 
@@ -291,11 +258,11 @@ class MME:
     def _factorize(self) -> None:
         """Numeric Cholesky of C (symbolic analysis on the first call only)."""
         if self.factor is None:
-            self.factor = cholmod.analyze(self.C, ordering_method=self.ordering)
+            self.factor = Cholesky(self.C, self.ordering)
             self.n_analyze += 1
         try:
-            self.factor.cholesky_inplace(self.C)
-        except cholmod.CholmodNotPositiveDefiniteError as exc:
+            self.factor.factorize(self.C)
+        except NotPositiveDefiniteError as exc:
             raise NotPositiveDefiniteError(
                 f"the mixed-model equations are not positive definite ({exc}); "
                 "check for a variance at zero or a singular relationship matrix") from exc
@@ -314,10 +281,10 @@ class MME:
         return float(self.yty_cells @ rinv_cells)
 
     def solve(self, b: np.ndarray) -> np.ndarray:
-        return self.factor.solve_A(b)
+        return self.factor.solve(b)
 
     def logdet(self) -> float:
-        return float(self.factor.logdet())
+        return self.factor.logdet()
 
     def fixed_columns(self) -> np.ndarray:
         """F = C⁻¹[:, :p] (dim × p) by p solves with the factor in hand."""
@@ -339,48 +306,22 @@ class MME:
     def cinv_on_pattern(self, extra_rows=None, extra_cols=None) -> tuple:
         """C⁻¹ at every slot of C.data (and at extra (rows, cols) on L's pattern).
 
-        The positions of C's pattern in L are found once per analysis (they are fixed
-        with the symbolic factorization); each call runs one selected inverse.
+        The positions of C's pattern in the factor are found once per analysis (they
+        are fixed with the symbolic factorization); each call runs one selected
+        inverse, on the factor's own arrays (``Cholesky.selected_inverse``).
         """
-        L, Zx, pinv = self._selected_inverse_values()
-        if self._pattern_in_L is None or self._pattern_in_L[0] != L.nnz:
-            self._pattern_in_L = (L.nnz, self._positions(L, pinv, self.pattern_rows,
-                                                         self.pattern_cols))
+        Zx = self.factor.selected_inverse()
+        if self._pattern_in_L is None or self._pattern_in_L[0] is not self.factor:
+            self._pattern_in_L = (self.factor, self.factor.slots(self.pattern_rows,
+                                                                 self.pattern_cols))
         on_C = Zx[self._pattern_in_L[1]]
         if extra_rows is None:
             return on_C, np.zeros(0)
-        return on_C, Zx[self._positions(L, pinv, extra_rows, extra_cols)]
+        return on_C, Zx[self.factor.slots(extra_rows, extra_cols)]
 
     def selected_inverse(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """(C⁻¹)[rows, cols] for entries on the pattern of C (selected inversion).
-
-        Uses the factor in hand: L is copied to CSC once per call; the dense
-        trailing block and every supernode are taken as blocks by ``_core``'s
-        BLAS-3 recurrences. The supernode partition is found once per analysis.
-        """
-        L, Zx, pinv = self._selected_inverse_values()
-        return Zx[self._positions(L, pinv, rows, cols)]
-
-    def _selected_inverse_values(self) -> tuple:
-        """(L, C⁻¹ on L's pattern in L's slots, inverse permutation)."""
-        L = self.factor.L()
-        if not L.has_sorted_indices:
-            L.sort_indices()
-        Zx = np.empty_like(L.data)
-        if self._supernodes is None or self._supernodes[0] != L.nnz:
-            self._supernodes = (L.nnz, supernode_partition(L))
-        with all_cores_for_large(L.nnz >= PARALLEL_SELINV_MIN_NNZ):
-            _core.selected_inverse_supernodal(L.indptr, L.indices, L.data, Zx,
-                                              self._supernodes[1])
-        pinv = np.empty(self.dim, dtype=np.int64)
-        pinv[self.factor.P()] = np.arange(self.dim)
-        return L, Zx, pinv
-
-    @staticmethod
-    def _positions(L, pinv, rows, cols) -> np.ndarray:
-        r, c = pinv[rows], pinv[cols]
-        lo, hi = np.minimum(r, c), np.maximum(r, c)
-        pos = csc_slots(L, hi, lo)
-        if (pos < 0).any():
-            raise InternalError("requested entry of C⁻¹ is not on the pattern of L")
-        return pos
+        """(C⁻¹)[rows, cols] for entries on the pattern of L (selected inversion
+        with the factor in hand: the dense trailing block and every supernode are
+        taken as blocks by ``_core``'s BLAS-3 recurrences)."""
+        Zx = self.factor.selected_inverse()
+        return Zx[self.factor.slots(rows, cols)]

@@ -118,11 +118,13 @@ def relationship_submatrix(Kinv: sp.spmatrix, S: np.ndarray) -> np.ndarray:
     vectors, as many at a time as fit in about 64 MB of right-hand sides; of each
     block of solutions only the rows S are kept.
     """
-    from sksparse.cholmod import cholesky
+    from ..engine.cholesky import Cholesky
 
     Kinv = sp.csc_matrix(Kinv, dtype=float)
     L = Kinv.shape[0]
-    factor = cholesky(sp.tril(Kinv).tocsc())
+    K_lower = sp.tril(Kinv).tocsc()
+    factor = Cholesky(K_lower)
+    factor.factorize(K_lower)
     S = np.asarray(S, dtype=np.int64)
     out = np.empty((S.size, S.size))
     width = max(1, min(S.size, _SOLVE_BYTES // (8 * max(L, 1))))
@@ -130,5 +132,5 @@ def relationship_submatrix(Kinv: sp.spmatrix, S: np.ndarray) -> np.ndarray:
         part = S[start:start + width]
         B = np.zeros((L, part.size))
         B[part, np.arange(part.size)] = 1.0
-        out[:, start:start + part.size] = factor.solve_A(B)[S]
+        out[:, start:start + part.size] = factor.solve(B)[S]
     return 0.5 * (out + out.T)

@@ -289,10 +289,14 @@ def _relmat_parts(rel, group: str) -> tuple:
         if len(rel) == 3:
             logdet = float(rel[2])
         else:
-            from sksparse.cholmod import CholmodNotPositiveDefiniteError, cholesky
+            from ..engine.cholesky import Cholesky
             try:
-                logdet = -float(cholesky(sp.tril(Kinv).tocsc()).logdet())
-            except CholmodNotPositiveDefiniteError as exc:
+                K_lower = sp.tril(Kinv).tocsc()
+                factor = Cholesky(K_lower)
+                factor.factorize(K_lower)
+                logdet = -factor.logdet()
+                factor.free()
+            except NotPositiveDefiniteError as exc:
                 raise NotPositiveDefiniteError(
                     f"relmat for {group!r}: K⁻¹ is not positive definite ({exc})") from exc
         return levels, Kinv, logdet, None
