@@ -24,7 +24,7 @@ from .._errors import ConvergenceWarning, DataError
 from ..model.covariance import parse_variances
 from ..model.design import ols_residuals
 from .boundary import BoundaryResult, fit_on_boundary
-from .reml import Evaluation, IterationRecord, Likelihood, fit_variances
+from .reml import BOUND_REL, Evaluation, IterationRecord, Likelihood, fit_variances
 from .system import MME
 
 log = logging.getLogger("mme")
@@ -239,11 +239,12 @@ def interior(likelihood: Likelihood, theta: np.ndarray) -> tuple:
     """(θ moved just inside the PD cone, at_bound mask), so that the G⁻¹ form exists.
 
     Each G₀'s eigenvalues are raised to at least ``BOUNDARY_FLOOR`` × its largest,
-    a variance at zero to 1e-10 × max|θ| (``fit_variances``' bound, flagged at_bound).
+    a variance at zero to ``reml.BOUND_REL`` × max|θ| (``fit_variances``' bound, flagged
+    at_bound).
     """
     out, at_bound = [], []
     G0s, R0 = likelihood.split(theta)
-    lb = 1e-10 * np.abs(theta).max()
+    lb = BOUND_REL * np.abs(theta).max()
     for s, G in zip(likelihood.mme.structures, G0s):
         if s.d == 1:
             out.append(np.array([max(G[0, 0], lb)]))
