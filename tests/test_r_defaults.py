@@ -18,6 +18,15 @@ from mme.engine import reml
 
 DATA = pathlib.Path(__file__).parent / "data" / "r_defaults"
 
+# -- linear models as R's lm ---------------------------------------------------------
+#: logLik (ML and REML) against lm's, absolute (AIC and BIC: 2x)
+ATOL_LM_LOGLIK = 1e-10           # new; achieved 7.3e-12 (the REML logLik of rcbd_weighted), margin 14x
+#: coefficients, and SEs and sigma, against lm's (relative; lm's QR vs the MME's Cholesky)
+RTOL_LM_COEF = 1e-12             # new; achieved 7.4e-14, margin 14x
+RTOL_LM_SE = 1e-13               # new; achieved 6.5e-15, margin 15x
+#: lmerTest's ranova (REML LRT of (1|rep) against the linear model), absolute
+ATOL_RANOVA = 5e-10              # new; achieved 3.1e-11 (AIC; logLik 1.5e-11), margin 16x
+
 # -- the split plot at the boundary (lme4: block:A variance 0) ------------------------
 #: logLik against lme4's (absolute); the issue asks 1e-6. mme's is the lower by ~2-5e-10:
 #: the MME are solved with the zero variance at its floor (BOUND_REL × scale)
@@ -120,3 +129,77 @@ def test_the_bound_is_fixed_for_the_fit():
     res = reml.fit_variances(model, theta0=100 * theta0)
     assert res.converged and res.at_bound[i]
     assert res.theta[i] == reml.BOUND_REL * 100 * np.abs(theta0).max()
+
+
+# ============================================================ linear models as lm ==
+def _kfert(numeric_k=False):
+    df = pd.read_csv(pathlib.Path(mme.__file__).parent / "data" / "kfert.csv")
+    df["w"] = df["rep"] * (1 + (df["K2O_lbac"] % 36 == 0))
+    df["rep"] = pd.Categorical(df["rep"].astype(str), categories=["1", "2", "3"])
+    df["rep_copy"] = df["rep"]
+    if not numeric_k:
+        df["K2O_lbac"] = pd.Categorical(df["K2O_lbac"], categories=sorted(df["K2O_lbac"].unique()))
+    return df
+
+
+def _lm_fit(case, **kw):
+    df = _kfert(numeric_k="K2O_lbac" not in case["factors"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)     # the aliased columns' warning
+        return mme.fit(case["formula"], df, weights=case.get("weights"), **kw)
+
+
+@pytest.mark.parametrize("name", ["rcbd_fixed", "rcbd_aliased", "rcbd_weighted"])
+@pytest.mark.parametrize("method", ["REML", "ML"])
+def test_linear_model_loglik_aic_bic_are_lms(name, method):
+    case = _json("linear_models")["cases"][name]
+    fit = _lm_fit(case, method=method)
+    assert fit.estimation == "least squares" and fit.loglik_kind == "ML (as lm)"
+    # R's logLik(lm): ML with σ̂² = RSS/n, df = rank + 1 — whatever method= says
+    assert fit.n_params == case["df"] == case["rank"] + 1
+    np.testing.assert_allclose([fit.loglik, fit.loglik_reml], [case["logLik"], case["logLik_REML"]],
+                               rtol=0, atol=ATOL_LM_LOGLIK)
+    np.testing.assert_allclose([fit.aic, fit.bic], [case["AIC"], case["BIC"]],
+                               rtol=0, atol=2 * ATOL_LM_LOGLIK)
+    fe = fit.fixed_effects
+    est = case["estimable"]
+    assert list(fe.index) == est["term"]
+    assert set(fit.aliased) == set(case["coef"]["term"]) - set(est["term"])
+    np.testing.assert_allclose(fe["estimate"], est["estimate"], rtol=RTOL_LM_COEF, atol=0)
+    if method == "REML":      # σ̂² = RSS/(n − p) as R's sigma(lm) (ML: RSS/n, SEs smaller)
+        np.testing.assert_allclose(fe["std_error"], est["se"], rtol=RTOL_LM_SE, atol=0)
+        np.testing.assert_allclose(np.sqrt(fit.variance_components["estimate"].iloc[0]),
+                                   case["sigma"], rtol=RTOL_LM_SE, atol=0)
+
+
+def test_linear_model_is_labelled_as_lm():
+    case = _json("linear_models")["cases"]["rcbd_fixed"]
+    fit = _lm_fit(case)
+    s, r = fit.summary(), repr(fit)
+    assert s.startswith("Linear model fit by least squares (mme; as R's lm)")
+    assert "logLik is lm's: maximum likelihood (σ² = RSS/n), df = p + 1 = 8" in s
+    assert "REML" not in s.splitlines()[0] and "6.9111" in s
+    assert "<mme.Fit least squares" in r and "logLik(ML (as lm))=6.9111" in r
+    text = fit.methods_text()
+    assert "R's logLik(lm)" in text and "6.9111" in text
+
+
+def test_lrt_of_a_random_term_against_the_linear_model_is_ranova():
+    """lmerTest's ranova: REML LRT with the linear model's logLik(lm, REML = TRUE)."""
+    ref = _json("linear_models")["ranova"]
+    df = pd.read_csv(pathlib.Path(__file__).parent / "data" / "lme4" / "kfert_random.csv")
+    for c in ("rep", "K2O_lbac"):
+        df[c] = pd.Categorical(df[c], categories=sorted(df[c].unique()))
+    mixed = mme.fit(ref["formula"], df)
+    lm = mme.fit(ref["reduced"], df)
+    tab = mme.lrt(lm, mixed)
+    assert "REML" in tab.attrs["note"]
+    assert tab["n_params"].tolist() == ref["npar"][::-1]
+    np.testing.assert_allclose(tab["loglik"], ref["logLik"][::-1], rtol=0, atol=ATOL_RANOVA)
+    np.testing.assert_allclose(tab["aic"], ref["AIC"][::-1], rtol=0, atol=2 * ATOL_RANOVA)
+    np.testing.assert_allclose(tab["chisq"].iloc[1], ref["LRT"][1], rtol=0, atol=2 * ATOL_RANOVA)
+    # a different fixed part: both refitted by ML; the linear model's loglik is lm's already
+    tab = mme.lrt(mme.fit("yield ~ 1", df), mixed)
+    assert "ML" in tab.attrs["note"]
+    np.testing.assert_allclose(tab["loglik"].iloc[0], mme.fit("yield ~ 1", df, method="ML").loglik,
+                               rtol=0, atol=0)

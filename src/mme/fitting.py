@@ -140,7 +140,10 @@ def assemble(est: Estimate) -> Fit:
                fixed_names=design.fixed_names, aliased=design.aliased,
                beta=ev.solution[:p], vcov_beta=vcov_beta, df_method=df_method,
                _vc_table=_vc_table(mme, theta_report, np.where(se_mask, np.nan, se)),
-               blocks=_random_effects(est, F), loglik=est.loglik,
+               blocks=_random_effects(est, F),
+               # a linear model's logLik is R's logLik(lm): ML, whatever ``method``
+               loglik=(est.linear_model_logliks[0] if est.route == LEAST_SQUARES
+                       else est.loglik),
                n_params=p + mme.k, converged=est.converged, n_iter=est.n_iter,
                history=est.history, singular=singular, estimated=est.estimated,
                fitted_values=design.y - ev.resid, residual_values=ev.resid, internals=internals)

@@ -3,7 +3,7 @@
 # variance lme4 estimates at exactly 0 (boundary (singular) fit).
 #
 # Usage (from the repository root):  Rscript tests/data/r_defaults/generate.R [OUTDIR]
-# OUTDIR defaults to the directory of this script. Needs lme4 and jsonlite. Inputs:
+# OUTDIR defaults to the directory of this script. Needs lme4, lmerTest and jsonlite. Inputs:
 # src/mme/data/kfert.csv (the seed's RCBD, Cochran & Cox's potassium trial as printed),
 # tests/data/lme4/sleepstudy_us.csv; the split plot is simulated here (set.seed(15)).
 # Every case writes OUTDIR/<case>.json (digits = NA: full precision); a simulated data set
@@ -72,8 +72,18 @@ for (nm in names(lms)) {
     lms[[nm]][[part]]$term <- I(t)
   }
 }
+# lmerTest's ranova: the REML likelihood-ratio test of (1|rep) against the linear model
+# (logLik(lm, REML = TRUE)), on the kfert RCBD of tests/data/lme4 (rep 2 + 0.2)
+kr <- read.csv(file.path(root, "tests/data/lme4/kfert_random.csv"))
+kr$rep <- factor(kr$rep); kr$K2O_lbac <- factor(kr$K2O_lbac)
+rv <- lmerTest::ranova(lmerTest::lmer(yield ~ K2O_lbac + (1|rep), kr))
+ranova_out <- list(data = "tests/data/lme4/kfert_random.csv", formula = "yield ~ K2O_lbac + (1|rep)",
+                   reduced = "yield ~ K2O_lbac", npar = rv$npar, logLik = rv$logLik, AIC = rv$AIC,
+                   LRT = rv$LRT, Df = rv$Df, p = rv$`Pr(>Chisq)`)
+versions$lmerTest <- as.character(packageVersion("lmerTest"))
 write_json_case("linear_models", list(
-  name = "linear_models", provenance = "tests/data/r_defaults/generate.R", cases = lms))
+  name = "linear_models", provenance = "tests/data/r_defaults/generate.R", cases = lms,
+  ranova = ranova_out))
 
 # -- lmer with poly() in the fixed part (sleepstudy)
 ss <- read.csv(file.path(root, "tests/data/lme4/sleepstudy_us.csv"))
