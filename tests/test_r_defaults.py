@@ -39,6 +39,12 @@ RTOL_POLY_FIXEF = 5e-12          # new; achieved 2.7e-13, margin 18x
 #: reference-limited: lme4's θ (bobyqa) moves the SEs, as RTOL_SE in test_lme4_reference
 RTOL_POLY_SE = 1.5e-5            # new; achieved 7.7e-7, margin 19x
 
+# -- labels --------------------------------------------------------------------------
+#: REML logLik at lme4's variances, given as known, against lme4's logLik (absolute)
+ATOL_KNOWN_LOGLIK = 1e-10        # new; achieved 3.6e-12 (kfert), margin 27x
+#: the correlation implied by the given G₀ against lme4's (round-off)
+RTOL_KNOWN_CORR = 5e-15          # new; achieved 2.1e-16, margin 23x
+
 # -- the split plot at the boundary (lme4: block:A variance 0) ------------------------
 #: logLik against lme4's (absolute); the issue asks 1e-6. mme's is the lower by ~2-5e-10:
 #: the MME are solved with the zero variance at its floor (BOUND_REL × scale)
@@ -279,3 +285,51 @@ def test_formula_errors_are_plain_and_name_the_problem():
     # lme4's legitimate repeats: the same factor with different columns, '||'
     mme.parse_formula("y ~ x + (1|id) + (0 + x|id)")
     mme.parse_formula("y ~ x + (x||id)")
+
+
+# ============================================================ labels that tell the truth ==
+def _lme4_case(name):
+    ref = json.loads((pathlib.Path(__file__).parent / "data" / "lme4" / f"{name}.json").read_text())
+    df = pd.read_csv(pathlib.Path(__file__).parent / "data" / "lme4" / f"{name}.csv")
+    factors = [ref["factors"]] if isinstance(ref["factors"], str) else ref["factors"]
+    for c in factors:
+        df[c] = pd.Categorical(df[c], categories=sorted(df[c].unique()))
+    return ref, df
+
+
+def test_known_variances_are_labelled_blup_and_have_no_variance_ses():
+    ref, df = _lme4_case("kfert_random")
+    vc = dict(zip(ref["varcorr"]["grp"], ref["varcorr"]["vcov"]))
+    fit = mme.fit(ref["formula"], df, variances=vc)
+    assert fit.estimation == "BLUP at known variances"
+    assert fit.loglik_kind == "REML at the given variances"
+    # at lme4's own estimates, the REML logLik is lme4's
+    np.testing.assert_allclose(fit.loglik, ref["logLik"], rtol=0, atol=ATOL_KNOWN_LOGLIK)
+    s, r = fit.summary(), repr(fit)
+    first = s.splitlines()[0]
+    assert "BLUP at known variances" in first and "fit by REML" not in first
+    assert "not maximised" in s and "<mme.Fit BLUP at known variances" in r
+    assert "logLik(REML at the given variances)=" in r
+    assert "BLUP at known variances" in fit.methods_text()
+    # nothing was estimated: no SE of a variance or of a function of the variances
+    assert np.isnan(fit.variance_components["std_error"]).all()
+    h2 = fit.heritability("rep")
+    assert np.isfinite(h2["estimate"]) and np.isnan(h2["std_error"])
+    assert np.isnan(fit.aic) and np.isnan(fit.bic)
+    # df that need Var(θ̂) say so and name the way out
+    for call in (lambda: fit.anova(), lambda: fit.anova("kenward-roger")):
+        with pytest.raises(mme.DfMethodError, match="need estimated variances.*asymptotic"):
+            call()
+    assert np.isfinite(fit.anova("asymptotic")["F_value"]).all()
+
+
+def test_known_variances_genetic_correlation_has_no_se():
+    ref, df = _lme4_case("sleepstudy_us")
+    v = ref["varcorr"]["vcov"]
+    fit = mme.fit(ref["formula"], df, variances={"Subject": [[v[0], v[2]], [v[2], v[1]]],
+                                                 "Residual": v[3]})
+    gc = fit.genetic_correlation("Subject")
+    np.testing.assert_allclose(gc["estimate"], ref["varcorr"]["sdcor"][2], rtol=RTOL_KNOWN_CORR,
+                               atol=0)
+    assert np.isnan(gc["std_error"]).all()
+    np.testing.assert_allclose(fit.loglik, ref["logLik"], rtol=0, atol=ATOL_KNOWN_LOGLIK)
