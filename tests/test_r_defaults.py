@@ -333,3 +333,22 @@ def test_known_variances_genetic_correlation_has_no_se():
                                atol=0)
     assert np.isnan(gc["std_error"]).all()
     np.testing.assert_allclose(fit.loglik, ref["logLik"], rtol=0, atol=ATOL_KNOWN_LOGLIK)
+
+
+def test_command_line_linear_model_and_boundary_fit(tmp_path, capsys):
+    """summary.txt and methods.md of a linear model say lm's logLik; the split plot at
+    the boundary exits 0 (converged), with no convergence note."""
+    from mme.cli import main
+    kfert = pathlib.Path(mme.__file__).parent / "data" / "kfert.csv"
+    assert main(["fit", "yield ~ K2O_lbac + rep", "--data", str(kfert), "--factors",
+                 "rep,K2O_lbac", "--out", str(tmp_path / "lm")]) == 0
+    err = capsys.readouterr().err
+    assert "estimating (least squares, as R's lm)" in err and "logLik (ML (as lm)) 6.911116" in err
+    summary = (tmp_path / "lm" / "summary.txt").read_text()
+    assert summary.startswith("Linear model fit by least squares") and "6.9111" in summary
+    assert "R's logLik(lm)" in (tmp_path / "lm" / "methods.md").read_text()
+    assert main(["fit", "y ~ A*B + (1|block) + (1|block:A)", "--data",
+                 str(DATA / "splitplot_boundary.csv"), "--out", str(tmp_path / "sp")]) == 0
+    err = capsys.readouterr().err
+    assert "did not converge" not in err
+    assert "boundary (singular) fit" in (tmp_path / "sp" / "summary.txt").read_text()
