@@ -629,7 +629,7 @@ def test_lrt_same_fixed_effects_uses_reml():
     tab = lrt(mixed, fixed)
     assert list(tab.index) == ["fit1", "fit0"]                  # sorted by n_params
     assert "REML" in tab.attrs["note"]
-    np.testing.assert_allclose(tab.loc["fit0", "chisq"], 2 * (mixed.loglik - fixed.loglik),
+    np.testing.assert_allclose(tab.loc["fit0", "chisq"], 2 * (mixed.loglik - fixed.loglik_reml),
                                rtol=RTOL_IDENTITY, atol=0)
     with pytest.raises(mme.DataError):
         lrt(mixed, mme.fit("yield ~ K2O_lbac + (1|rep)", df.iloc[:-1]))

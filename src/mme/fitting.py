@@ -140,7 +140,10 @@ def assemble(est: Estimate) -> Fit:
                fixed_names=design.fixed_names, aliased=design.aliased,
                beta=ev.solution[:p], vcov_beta=vcov_beta, df_method=df_method,
                _vc_table=_vc_table(mme, theta_report, np.where(se_mask, np.nan, se)),
-               blocks=_random_effects(est, F), loglik=est.loglik,
+               blocks=_random_effects(est, F),
+               # a linear model's logLik is R's logLik(lm): ML, whatever ``method``
+               loglik=(est.linear_model_logliks[0] if est.route == LEAST_SQUARES
+                       else est.loglik),
                n_params=p + mme.k, converged=est.converged, n_iter=est.n_iter,
                history=est.history, singular=singular, estimated=est.estimated,
                fitted_values=design.y - ev.resid, residual_values=ev.resid, internals=internals)
@@ -162,17 +165,36 @@ def _random_effects(est: Estimate, F: np.ndarray) -> tuple:
     cond = cuu - (np.einsum("ij,jk,ik->i", Fu, np.linalg.inv(F[:p]), Fu) if p else 0.0)
     G0s, _ = mme.split(est.theta)
     blocks = []
+    i = 0
     for s, G0 in zip(mme.structures, G0s):
         sl = slice(s.offset - p, s.offset - p + s.block.q)
         shape = (s.d, s.L)
-        pev = cuu[sl].reshape(shape)
+        pev = cuu[sl].reshape(shape).copy()
         kdiag = s.block.Kdiag if s.block.Kdiag is not None else np.full(s.L, np.nan)
         prior = np.diag(G0)[:, None] * kdiag[None, :]
+        blup = ev.solution[s.offset:s.offset + s.block.q].reshape(shape).copy()
+        cond_b = cond[sl].reshape(shape).copy()
+        reliability = 1.0 - pev / prior
+        zero = _terms_at_bound(s, est.at_bound[i:i + s.n_params])
+        # a variance reported as 0: its effects are exactly 0, known exactly (the MME
+        # were solved at the variance's floor, where they are ~1e-10 of the scale);
+        # reliability is the limit 1 − PEV/σ² → 0
+        blup[zero], pev[zero], cond_b[zero], reliability[zero] = 0.0, 0.0, 0.0, 0.0
         blocks.append(RandomEffectsBlock(
             group=s.block.group, terms=s.block.terms, levels=s.block.levels,
-            blup=ev.solution[s.offset:s.offset + s.block.q].reshape(shape),
-            pev=pev, cond_var=cond[sl].reshape(shape), reliability=1.0 - pev / prior))
+            blup=blup, pev=pev, cond_var=cond_b, reliability=reliability))
+        i += s.n_params
     return tuple(blocks)
+
+
+def _terms_at_bound(s, at_bound: np.ndarray) -> np.ndarray:
+    """Mask (d,) of a block's terms whose variance is at its bound (reported as 0): a
+    scalar term, or a term of a diagonal G₀ (unstructured and FA blocks: none)."""
+    out = np.zeros(s.d, bool)
+    if s.fa_k or not (s.d == 1 or s.kind == "diag"):
+        return out
+    out[:] = np.asarray(at_bound, bool)[:s.d]
+    return out
 
 
 def _theta_standard_errors(est: Estimate) -> tuple:

@@ -354,13 +354,17 @@ def methods_text(fit, info: dict | None = None) -> str:
              + (f" {order_words.get(ordering, 'with the ' + str(ordering) + ' ordering')}"
                 if ordering else "") + ")")
     if not fit.estimated:
-        e = (f"{solve} at the given variances (no variance estimation): "
+        e = (f"{solve} at the given variances (BLUP at known variances; no variance "
+             "estimation, so no standard errors of the variances or of functions of them "
+             "such as heritability): "
              + ", ".join(f"{r.group}{'' if not r.term1 else ' ' + r.term1}"
                          f"{'' if not r.term2 else ':' + r.term2} = {r.estimate:.6g}"
                          for r in fit.variance_components.itertuples()) + ". ")
     elif est.route == LEAST_SQUARES:
         e = (f"{solve}. The residual variance was estimated from the residual sum of squares"
-             + (" divided by n − p" if fit.method == "REML" else " divided by n (ML)") + ". ")
+             + (" divided by n − p" if fit.method == "REML" else " divided by n (ML)") + ". "
+             f"The log-likelihood reported, log L = {fit.loglik:.4f}, is that of the linear "
+             "model at its maximum (σ² = RSS/n; p + 1 parameters), as R's logLik(lm). ")
     else:
         what = ("Restricted maximum likelihood (REML; Patterson & Thompson 1971)"
                 if fit.method == "REML" else "Maximum likelihood (ML)")

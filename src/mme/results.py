@@ -302,7 +302,8 @@ class Fit:
         return pd.DataFrame(rows)
 
     def heritability(self, group: str, term: str = "(Intercept)") -> pd.Series:
-        """σ²_group,term / (sum of the variances) with a delta-method SE from AI⁻¹.
+        """σ²_group,term / (sum of the variances) with a delta-method SE from AI⁻¹
+        (NaN at known variances: nothing was estimated).
 
         Univariate fits: the denominator sums every variance in ``variance_components``
         (for random slopes, interpret with care: it ignores covariances and the scale
@@ -330,7 +331,9 @@ class Fit:
         grad = np.zeros(len(theta))
         grad[var_rows] = -theta[sel[0]] / total ** 2
         grad[sel[0]] += 1.0 / total
-        se = float(np.sqrt(grad @ self.internals.vcov_theta_ai @ grad))
+        # at known variances (``variances=``) θ has no sampling variance to carry: NaN
+        se = (float(np.sqrt(grad @ self.internals.vcov_theta_ai @ grad)) if self.estimated
+              else float("nan"))
         return pd.Series({"estimate": h2, "std_error": se}, name=f"h2({group}, {term})")
 
     def factor_analytic(self, group: str) -> FactorAnalytic:
@@ -395,7 +398,8 @@ class Fit:
             grad[i] = 1.0 / denom
             grad[a] = -0.5 * r / theta[a]
             grad[b] = -0.5 * r / theta[b]
-            se = float(np.sqrt(max(grad @ self.internals.vcov_theta_ai @ grad, 0.0)))
+            se = (float(np.sqrt(max(grad @ self.internals.vcov_theta_ai @ grad, 0.0)))
+                  if self.estimated else float("nan"))    # NaN at known variances
             out.append((t1, t2, r, se))
         if not out:
             raise UnknownTermError(f"group {group!r} has a single term: no correlation")
@@ -403,11 +407,53 @@ class Fit:
 
     # -- criteria --------------------------------------------------------------
     @property
+    def estimation(self) -> str:
+        """How the variances were obtained: ``"REML"``, ``"ML"``, ``"least squares"``
+        (no random term: a linear model, as R's ``lm``) or ``"BLUP at known variances"``
+        (``variances=``: nothing estimated but β and the BLUPs)."""
+        from .engine.estimate import LEAST_SQUARES
+        if not self.estimated:
+            return "BLUP at known variances"
+        if self.internals is not None and self.internals.estimate.route == LEAST_SQUARES:
+            return "least squares"
+        return self.method
+
+    @property
+    def loglik_kind(self) -> str:
+        """What ``loglik`` is: ``"REML"``/``"ML"`` (maximised), ``"ML (as lm)"`` for a
+        linear model (R's ``logLik(lm)``, whatever ``method``), or ``"REML at the given
+        variances"``/``"ML at the given variances"`` (``variances=``: not maximised)."""
+        est = self.estimation
+        if est == "least squares":
+            return "ML (as lm)"
+        if est == "BLUP at known variances":
+            return f"{self.method} at the given variances"
+        return self.method
+
+    @property
+    def loglik_reml(self) -> float:
+        """The REML log-likelihood at the fit's variances, for comparisons of REML fits
+        with the same fixed effects (``inference.lrt``): R's ``logLik(lm, REML = TRUE)``
+        for a linear model, ``loglik`` for a REML fit, NaN for an ML fit with random
+        terms (not computed)."""
+        est = self.internals.estimate if self.internals is not None else None
+        if est is not None and est.linear_model_logliks is not None:
+            return float(est.linear_model_logliks[1])
+        return float(self.loglik) if self.method == "REML" else float("nan")
+
+    @property
     def aic(self) -> float:
+        """−2 logLik + 2 (p + k): R's AIC (``lm``: df = p + 1). NaN at known variances
+        (``variances=``: the variances were not estimated and logLik not maximised)."""
+        if not self.estimated:
+            return float("nan")
         return -2.0 * self.loglik + 2.0 * self.n_params
 
     @property
     def bic(self) -> float:
+        """−2 logLik + log(n)(p + k); NaN at known variances (see ``aic``)."""
+        if not self.estimated:
+            return float("nan")
         return -2.0 * self.loglik + np.log(self.nobs) * self.n_params
 
     def fitted(self) -> np.ndarray:
@@ -449,24 +495,42 @@ class Fit:
         vc = ", ".join(f"{r.group}{'' if not r.term1 else '/' + r.term1}"
                        f"{'' if not r.term2 else ':' + r.term2}={r.estimate:.4g}"
                        for r in self._vc_table.itertuples())
-        return (f"<mme.Fit {self.method} '{self.formula}' n={self.nobs} "
-                f"logLik={self.loglik:.4f} {vc}>")
+        kind = "" if self.loglik_kind == self.method else f"({self.loglik_kind})"
+        return (f"<mme.Fit {self.estimation} '{self.formula}' n={self.nobs} "
+                f"logLik{kind}={self.loglik:.4f} {vc}>")
+
+    def _heading(self) -> list:
+        """The summary's first lines: what was fitted, how, and what logLik is."""
+        est = self.estimation
+        if est == "least squares":
+            sigma = ("RSS/(n − p), as R's sigma(lm)" if self.method == "REML"
+                     else "RSS/n (method='ML')")
+            return ["Linear model fit by least squares (mme; as R's lm)",
+                    f"logLik is lm's: maximum likelihood (σ² = RSS/n), df = p + 1 = "
+                    f"{self.n_params}; residual variance below = {sigma}"]
+        kind = "Linear mixed model" if self.blocks else "Linear model"
+        if est == "BLUP at known variances":
+            return [f"{kind}: BLUP at known variances (mme; no REML, variances given)",
+                    f"logLik is the {self.method} log-likelihood at the given variances "
+                    "(not maximised; no AIC/BIC, no SEs of the variances)"]
+        what = {"REML": "REML", "ML": "maximum likelihood"}[self.method]
+        return [f"{kind} fit by {what} (mme, Henderson's MME + AI-REML)"]
 
     def summary(self) -> str:
         """An lme4-like printed summary (returned as a string)."""
-        lines = []
-        kind = "Linear mixed model fit by " if self.blocks else "Linear model fit by "
-        what = {"REML": "REML", "ML": "maximum likelihood"}[self.method]
-        lines.append(f"{kind}{what} (mme, Henderson's MME + AI-REML)")
+        lines = self._heading()
         lines.append(f"Formula: {self.formula}")
         lines.append("")
         crit = pd.DataFrame({"AIC": [self.aic], "BIC": [self.bic], "logLik": [self.loglik]})
         lines.append(crit.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         state = "converged" if self.converged else "NOT converged"
         if not self.estimated:
-            state = "variances given (no REML)"
-        lines.append(f"{state} in {self.n_iter} iterations" + (
-            "; boundary (singular) fit" if self.singular else ""))
+            lines.append("variances given (BLUP at known variances, no REML)")
+        elif self.estimation == "least squares":
+            lines.append("closed form (no iterations)")
+        else:
+            lines.append(f"{state} in {self.n_iter} iterations" + (
+                "; boundary (singular) fit" if self.singular else ""))
         lines.append("")
         lines.append("Variance components:")
         vc = self._vc_table.copy()

@@ -140,8 +140,13 @@ def _run(cfg, progress: Progress, out: Path, caught: list) -> int:
                 ckpt.save(cfg.checkpoint, fp, rec.theta, rounds, ai=rec.ai,
                           ai_theta=rec.theta if rec.ai is not None else None)
 
-        route = "known variances" if cfg.variances is not None else "AI-REML"
-        progress.note(f"estimating ({cfg.method}, {route})")
+        if cfg.variances is not None:
+            route = f"{cfg.method}, BLUP at known variances"
+        elif not system.structures and system.residual.is_scalar:
+            route = "least squares, as R's lm"
+        else:
+            route = f"{cfg.method}, AI-REML"
+        progress.note(f"estimating ({route})")
         progress.reml_start(cfg.max_iter, previous[-1]["loglik"] if previous else None)
         try:
             est = fitting.estimate(system, method=cfg.method, variances=cfg.variances,
@@ -155,11 +160,12 @@ def _run(cfg, progress: Progress, out: Path, caught: list) -> int:
                       [_row_record(r) for r in full.to_dict("records")],
                       "converged" if fit.converged else "not converged",
                       ai=fit.internals.ai, ai_theta=est.theta)
-        progress.note(f"logLik {fit.loglik:.6f}, "
-                      + ("converged" if fit.converged else "NOT converged")
-                      + f" after {fit.n_iter + offset} rounds"
-                      + (f" ({offset} of them before the checkpoint)" if offset else "")
-                      + ("" if fit.estimated else " (variances given)"))
+        progress.note(f"logLik ({fit.loglik_kind}) {fit.loglik:.6f}, "
+                      + (fit.estimation if fit.estimation in ("least squares",
+                                                              "BLUP at known variances")
+                         else ("converged" if fit.converged else "NOT converged")
+                         + f" after {fit.n_iter + offset} rounds"
+                         + (f" ({offset} of them before the checkpoint)" if offset else "")))
         info = {"relmat": cfg.relmat, "covary": cfg.covary, "structure": cfg.structure,
                 "residual": cfg.residual, "weights": cfg.weights, "multi": mf.multi_response,
                 "rows_read": len(df), "pedigree": ped_info, "ordering": system.ordering,

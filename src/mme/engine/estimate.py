@@ -24,7 +24,7 @@ from .._errors import ConvergenceWarning, DataError
 from ..model.covariance import parse_variances
 from ..model.design import ols_residuals
 from .boundary import BoundaryResult, fit_on_boundary
-from .reml import Evaluation, IterationRecord, Likelihood, fit_variances
+from .reml import BOUND_REL, Evaluation, IterationRecord, Likelihood, fit_variances
 from .system import MME
 
 log = logging.getLogger("mme")
@@ -65,6 +65,9 @@ class Estimate:
     history: tuple = ()
     at_bound: np.ndarray = None
     boundary: BoundaryResult | None = None
+    #: route LEAST_SQUARES: (ML, REML) log-likelihoods of the linear model as R's
+    #: ``logLik(lm)`` and ``logLik(lm, REML = TRUE)`` (σ² = RSS/n and RSS/(n − p))
+    linear_model_logliks: tuple | None = None
 
     @property
     def mme(self) -> MME:
@@ -126,9 +129,10 @@ def estimate(mme: MME, method: str = "REML", variances: dict | None = None,
         return Estimate(likelihood, theta, likelihood.evaluate(theta), KNOWN,
                         at_bound=np.zeros(mme.k, bool))
     if not mme.structures and mme.residual.is_scalar:
+        logliks = linear_model_logliks(mme)
         theta = least_squares_variance(likelihood)
         return Estimate(likelihood, theta, likelihood.evaluate(theta), LEAST_SQUARES,
-                        at_bound=np.zeros(1, bool))
+                        at_bound=np.zeros(1, bool), linear_model_logliks=logliks)
     theta0 = None
     if isinstance(start, dict):
         G0s, R0 = parse_variances(mme.design.blocks, start, mme.residual)
@@ -152,6 +156,18 @@ def least_squares_variance(likelihood: Likelihood) -> np.ndarray:
         raise DataError(f"{len(y)} observations cannot estimate {p} fixed effects and a "
                         "residual variance")
     return np.array([float(r @ r) / denom])
+
+
+def linear_model_logliks(mme: MME) -> tuple:
+    """(ML, REML) log-likelihood of a model without random terms, each at its own
+    maximum — R's ``logLik(lm)`` (σ̂² = RSS/n) and ``logLik(lm, REML = TRUE)`` (σ̂² =
+    RSS/(n − p), p = rank X) — evaluated by the engine's likelihood (prior weights
+    included, as lm's ``½ Σ log wᵢ``)."""
+    out = []
+    for method in ("ML", "REML"):
+        lik = Likelihood(mme, method)
+        out.append(lik.evaluate(least_squares_variance(lik), derivatives=False).loglik)
+    return tuple(out)
 
 
 def _ai_reml(likelihood: Likelihood, max_iter: int, verbose: bool, theta0=None,
@@ -239,11 +255,12 @@ def interior(likelihood: Likelihood, theta: np.ndarray) -> tuple:
     """(θ moved just inside the PD cone, at_bound mask), so that the G⁻¹ form exists.
 
     Each G₀'s eigenvalues are raised to at least ``BOUNDARY_FLOOR`` × its largest,
-    a variance at zero to 1e-10 × max|θ| (``fit_variances``' bound, flagged at_bound).
+    a variance at zero to ``reml.BOUND_REL`` × max|θ| (``fit_variances``' bound, flagged
+    at_bound).
     """
     out, at_bound = [], []
     G0s, R0 = likelihood.split(theta)
-    lb = 1e-10 * np.abs(theta).max()
+    lb = BOUND_REL * np.abs(theta).max()
     for s, G in zip(likelihood.mme.structures, G0s):
         if s.d == 1:
             out.append(np.array([max(G[0, 0], lb)]))

@@ -349,6 +349,12 @@ class Likelihood:
 
 #: consecutive failed AI steps (EM fallbacks) before ``fit_variances`` hands over
 HAND_OVER_AFTER = 3
+#: The lower bound of a variance: BOUND_REL × the largest |θ| at the start of the
+#: iteration, fixed for the whole fit (a floor that moved with θ let a variance held at
+#: it drift off "the bound" when another variance changed, and AI-REML then fell back to
+#: EM for hundreds of rounds). A variance is *at the bound* when it equals this floor;
+#: it is reported as 0 (``REMLResult.at_bound``).
+BOUND_REL = 1e-10
 #: Converged when the Newton decrement score'·AI⁻¹·score at θ falls below this: AI is
 #: the information, so θ is then within √1e-9 ≈ 3e-5 standard errors of the optimum.
 TOL_DECREMENT_ABS = 1e-9
@@ -399,6 +405,25 @@ def _heading_for_zero(ev: Evaluation, theta: np.ndarray, delta: np.ndarray,
         se[free] = np.sqrt(np.maximum(np.diag(cov), 0.0))
         out[idx] = theta[idx] < BOUND_JUMP_SE * se[idx]
     return out
+
+
+def _bound_step(ev: Evaluation, theta: np.ndarray, free: np.ndarray, pin: np.ndarray,
+                lb: np.ndarray) -> np.ndarray:
+    """The Newton step with the variances ``pin`` moved to their bound: δ_pin = lb − θ
+    and, for the other free parameters F, the maximiser of the quadratic model given it,
+    AI_FF δ_F = s_F − AI_F,pin δ_pin (the unconstrained step assumed the pinned variances
+    would go below zero and overshoots the others)."""
+    delta = np.zeros(theta.shape[0])
+    delta[pin] = lb[pin] - theta[pin]
+    F = free & ~pin
+    if F.any():
+        A = ev.AI[np.ix_(F, F)]
+        g = ev.score[F] - ev.AI[np.ix_(F, pin)] @ delta[pin]
+        try:
+            delta[F] = np.linalg.solve(A, g)
+        except np.linalg.LinAlgError:
+            delta[F] = np.linalg.lstsq(A, g, rcond=None)[0]
+    return delta
 
 
 def _newton_step(ev: Evaluation, free: np.ndarray, damping: float = 0.0) -> np.ndarray:
@@ -530,6 +555,24 @@ def _structured_starts(model: Likelihood, r: np.ndarray, v: float) -> np.ndarray
     return np.concatenate(theta + [res.theta_of(R0)])
 
 
+def _polish(model: Likelihood, ev: Evaluation, theta: np.ndarray, at_bound: np.ndarray,
+            lb: np.ndarray, var_mask: np.ndarray, log_mask: np.ndarray) -> tuple:
+    """(θ, evaluation) after one more Newton step from a converged θ, if it does not
+    lower log L; else the converged ones. Variances at the bound stay there."""
+    free = ~(at_bound & (ev.score < 0))
+    trial = ai_trial(theta, _newton_step(ev, free), 1.0, log_mask)
+    trial[at_bound & ~free] = lb[at_bound & ~free]
+    if not (np.all(trial[var_mask] >= lb[var_mask]) and model.feasible(trial)):
+        return theta, ev
+    try:
+        cand = model.evaluate(trial, derivatives=False)
+    except NotPositiveDefiniteError:
+        return theta, ev
+    if not cand.loglik >= ev.loglik:
+        return theta, ev
+    return trial, model.derivatives(cand)
+
+
 def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter: int = 200,
                   tol_ll: float = 1e-9, tol_decrement: float = 1e-9,
                   verbose: bool = False, hand_over=None, callback=None) -> REMLResult:
@@ -550,6 +593,8 @@ def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter:
     t0 = time.perf_counter()
     ev = model.evaluate(theta)
     var_mask = model.variance_index()
+    # the floor of the variances, fixed for the fit (an FA ψ's own floor follows its G₀)
+    floor = BOUND_REL * float(np.abs(theta).max())
     history = [IterationRecord(0, "start", theta.copy(), ev.loglik, 0.0,
                                _decrement(ev, np.ones(model.k, dtype=bool)),
                                time.perf_counter() - t0)]
@@ -558,24 +603,37 @@ def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter:
     at_bound = np.zeros(model.k, dtype=bool)
     it, fallbacks, handed_over, change = 0, 0, False, float("nan")
     damped = any(s.fa_k for s in model.mme.structures)
+    stalled = False
     for it in range(1, max_iter + 1):
         t1 = time.perf_counter()
-        scale = np.abs(theta).max()
-        lb = model.lower_bounds(theta, 1e-10 * scale)
+        lb = model.lower_bounds(theta, floor)
         free = ~(at_bound & (ev.score < 0))
         delta = _newton_step(ev, free)
         step, ev_new, kind = 1.0, None, "AI"
         to_bound = _heading_for_zero(ev, theta, delta, free, log_mask)
-        for h in range(12):
+        if to_bound.any():
+            # first the step with those variances at their bound (active set)
+            trial = ai_trial(theta, _bound_step(ev, theta, free, to_bound, lb), 1.0,
+                             log_mask & ~to_bound)
+            trial[to_bound] = lb[to_bound]
+            low = var_mask & (trial <= lb)
+            trial[low] = lb[low]
+            cand = None
+            if model.feasible(trial):
+                try:
+                    cand = model.evaluate(trial, derivatives=False)
+                except NotPositiveDefiniteError:
+                    cand = None
+            if cand is not None and cand.loglik >= ev.loglik:
+                ev_new, new, at_bound, kind = model.derivatives(cand), trial, low, "AI (to bound)"
+        for h in range(12 if ev_new is None else 0):
             if damped and h:
                 # FA: V is not linear in the loadings and AI can be far from the
                 # Hessian: shrink towards the scaled gradient (Levenberg–Marquardt)
                 delta = _newton_step(ev, free, damping=4.0 ** h)
                 step = 1.0
             trial = ai_trial(theta, delta, step, log_mask)
-            if step == 1.0:
-                trial[to_bound] = 0.0
-            low = var_mask & (trial < lb)
+            low = var_mask & (trial <= lb)
             trial[low] = lb[low]
             if model.feasible(trial):
                 try:
@@ -584,7 +642,8 @@ def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter:
                     cand = model.evaluate(trial, derivatives=False)
                 except NotPositiveDefiniteError:
                     cand = None
-                if cand is not None and cand.loglik >= ev.loglik - 1e-10 * abs(ev.loglik):
+                # never a step that lowers log L: the iteration keeps the best θ visited
+                if cand is not None and cand.loglik >= ev.loglik:
                     ev_new, new = model.derivatives(cand), trial
                     at_bound = low
                     break
@@ -592,7 +651,27 @@ def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter:
             kind = f"AI/2^{h + 1}"
         if ev_new is None:
             new = model.em_step(ev)
-            ev_new, kind, step = model.evaluate(new), "EM (fallback)", 1.0
+            low = var_mask & (new <= lb)
+            new[low] = lb[low]
+            cand = model.evaluate(new) if model.feasible(new) else None
+            if cand is None or not cand.loglik >= ev.loglik:
+                # neither an AI step nor EM raises log L from θ: θ is the best point
+                # there is to the precision of log L (converged if the decrement says so)
+                stalled = True
+            else:
+                ev_new, kind, step, at_bound = cand, "EM (fallback)", 1.0, low
+        if stalled:
+            change = 0.0
+            decrement_new = _decrement(ev, ~(at_bound & (ev.score < 0)))
+            tol = max(1.0, abs(ev.loglik))
+            converged = 0.0 <= decrement_new < max(TOL_DECREMENT_ABS, tol_decrement * tol)
+            log.info("iter %d: no step raises log L (decrement %.3g): stop", it, decrement_new)
+            if not converged:
+                warnings.warn(f"REML stopped after {it - 1} iterations: no step from the last θ "
+                              f"raises the log-likelihood and the Newton decrement is "
+                              f"{decrement_new:.3g}", ConvergenceWarning, stacklevel=3)
+            it -= 1
+            break
         change = ev_new.loglik - ev.loglik
         theta, ev = ev_new.theta, ev_new
         fallbacks = fallbacks + 1 if kind == "EM (fallback)" else 0
@@ -616,15 +695,28 @@ def fit_variances(model: Likelihood, theta0: np.ndarray | None = None, max_iter:
                 decrement_new < TOL_DECREMENT_ABS
                 or (decrement_new < tol_decrement * tol and abs(change) < tol_ll * tol)):
             converged = True
+            if at_bound.any() and decrement_new > 0.0:
+                # a variance at its bound: one more Newton step on the others (one
+                # factorization; kept only if log L does not drop) takes them from
+                # ~√decrement SEs of the optimum to round-off, as lme4's profiled σ²ₑ
+                t1 = time.perf_counter()
+                theta_p, ev_p = _polish(model, ev, theta, at_bound, lb, var_mask, log_mask)
+                if ev_p is not ev:
+                    it += 1
+                    change, theta, ev = ev_p.loglik - ev.loglik, theta_p, ev_p
+                    rec = IterationRecord(it, "AI (polish)", theta.copy(), ev.loglik, 1.0,
+                                          _decrement(ev, ~(at_bound & (ev.score < 0))),
+                                          time.perf_counter() - t1)
+                    history.append(rec)
+                    if callback is not None:
+                        callback(rec)
             break
         if hand_over is not None and fallbacks >= HAND_OVER_AFTER and hand_over(theta):
             handed_over = True
             break
-    if not converged and not handed_over:
+    if not converged and not handed_over and not stalled:
         warnings.warn(f"REML did not converge in {max_iter} iterations; "
                       f"last log-likelihood change {change:.3g}", ConvergenceWarning, stacklevel=3)
-    lb = np.maximum(model.lower_bounds(theta, 1e-8 * np.abs(theta).max()) * (1 + 1e-9),
-                    1e-8 * np.abs(theta).max())
     return REMLResult(theta=theta, evaluation=ev, converged=converged, n_iter=it,
-                      history=history, at_bound=var_mask & (theta <= lb),
+                      history=history, at_bound=var_mask & (theta <= model.lower_bounds(theta, floor)),
                       handed_over=handed_over)

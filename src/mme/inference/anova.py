@@ -32,6 +32,7 @@ from scipy import stats
 
 from .._errors import DataError
 from ..model.design import r_name
+from ..model.rsyntax import r_term_name
 from .kenward_roger import DfMethodError, check_kenward_roger, kenward_roger
 from .satterthwaite import contrast_eigen, satterthwaite_df, satterthwaite_F_df
 
@@ -312,7 +313,8 @@ def anova(fit, df_method: str = "satterthwaite") -> pd.DataFrame:
     """
     method = resolve_df_method(fit, df_method)
     Ls = type3_contrasts(fit)
-    rows = {t: ftest(fit, L, method) for t, L in Ls.items()}
+    # terms as R names them (I(x^2), poly(x, 2, raw = TRUE)), not formulaic's rendering
+    rows = {r_term_name(t): ftest(fit, L, method) for t, L in Ls.items()}
     out = pd.DataFrame.from_dict(rows, orient="index",
                                  columns=["num_df", "den_df", "F_value", "p_value"])
     out.index.name = "term"

@@ -38,7 +38,8 @@ def _relmat_of(fit) -> dict:
 
 
 def _refit_ml(fit):
-    if fit.method == "ML":
+    # a linear model's loglik is already its ML one (R's logLik(lm))
+    if fit.method == "ML" or fit.estimation == "least squares":
         return fit
     from ..fitting import fit as mme_fit
     kwargs = {}
@@ -85,17 +86,23 @@ def lrt(fit0, fit1, refit: bool = True, names: tuple = ("fit0", "fit1")) -> pd.D
         note = "REML likelihoods (same fixed effects): a test of the variance components"
     else:
         note = "ML likelihoods"
+    # REML comparisons use each fit's REML log-likelihood (a linear model's loglik is
+    # lm's ML one; its REML one is logLik(lm, REML = TRUE))
+    reml = note.startswith("REML")
+    ll = [f.loglik_reml if reml else f.loglik for f in fits]
     order = np.argsort([f.n_params for f in fits], kind="stable")
     rows = []
     for i in order:
         f = fits[i]
-        rows.append({"model": names[i], "n_params": f.n_params, "aic": f.aic, "bic": f.bic,
-                     "loglik": f.loglik, "deviance": -2.0 * f.loglik})
+        rows.append({"model": names[i], "n_params": f.n_params,
+                     "aic": -2.0 * ll[i] + 2.0 * f.n_params,
+                     "bic": -2.0 * ll[i] + np.log(f.nobs) * f.n_params,
+                     "loglik": ll[i], "deviance": -2.0 * ll[i]})
     out = pd.DataFrame(rows).set_index("model")
-    small, big = fits[order[0]], fits[order[1]]
-    chisq = max(0.0, 2.0 * (big.loglik - small.loglik))
-    df = big.n_params - small.n_params
-    if big.loglik < small.loglik - 1e-6 * max(1.0, abs(small.loglik)):
+    small, big = ll[order[0]], ll[order[1]]
+    chisq = max(0.0, 2.0 * (big - small))
+    df = fits[order[1]].n_params - fits[order[0]].n_params
+    if big < small - 1e-6 * max(1.0, abs(small)):
         warnings.warn("the larger model has the lower log-likelihood: are the fits nested "
                       "and converged?", UserWarning, stacklevel=2)
     out["chisq"] = [np.nan, chisq]

@@ -22,6 +22,7 @@ from formulaic import Formula
 from .._errors import (DataError, DroppedRowsWarning, FormulaError, InternalError,
                        NotPositiveDefiniteError)
 from .formula import ModelFormula, RandomTerm, parse_formula
+from .rsyntax import r_column_name
 from .ids import normalize_ids
 from .residual import ResidualStructure, parse_residual, residual_structure
 from .spatial import spatial_residual
@@ -97,17 +98,26 @@ class Design:
 
 
 def r_name(name: str) -> str:
-    """formulaic column name → R's: ``a[T.b]:c[d]`` → ``ab:cd``, Intercept → (Intercept)."""
-    if name == "Intercept":
-        return "(Intercept)"
-    return re.sub(r"\[(?:T\.)?(.*?)\]", r"\1", name)
+    """formulaic column name → R's: ``a[T.b]:c[d]`` → ``ab:cd``, Intercept → (Intercept),
+    ``I(x ** 2)`` → ``I(x^2)``, ``poly(x, 2, raw=True)[0]`` → ``poly(x, 2, raw = TRUE)1``
+    (``rsyntax.r_column_name``)."""
+    return r_column_name(name)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def formulaic_message(exc: Exception) -> str:
+    """formulaic's error message without terminal colour codes (and on one line)."""
+    return " ".join(_ANSI.sub("", str(exc)).split())
 
 
 def _fixed_variables(fixed: str) -> set:
     try:
         return set(Formula(fixed).required_variables)
     except Exception as exc:  # formulaic raises several parser error types
-        raise FormulaError(f"cannot parse the fixed part {fixed!r}: {exc}") from exc
+        raise FormulaError(f"cannot parse the fixed part {fixed!r}: "
+                           f"{formulaic_message(exc)}") from exc
 
 
 def term_variables(expr: str) -> set:
@@ -209,7 +219,8 @@ def _fixed_matrix(mf: ModelFormula, data: pd.DataFrame) -> tuple:
     try:
         mm = Formula(mf.fixed).get_model_matrix(data, output="sparse", na_action="raise")
     except Exception as exc:
-        raise FormulaError(f"cannot build the fixed-effects matrix for {mf.fixed!r}: {exc}") from exc
+        raise FormulaError(f"cannot build the fixed-effects matrix for {mf.fixed!r}: "
+                           f"{formulaic_message(exc)}") from exc
     X = sp.csc_matrix(mm, dtype=float)
     names = [r_name(c) for c in mm.model_spec.column_names]
     keep = _alias_check(X) if X.shape[1] else np.zeros(0, dtype=bool)
@@ -316,7 +327,11 @@ def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict,
     if term.expr.strip() == "1":     # (1|g): the common case, without a formulaic pass
         T, names = np.ones((n, 1)), ("(Intercept)",)
     else:
-        mm = Formula(term.expr).get_model_matrix(data, output="pandas")
+        try:
+            mm = Formula(term.expr).get_model_matrix(data, output="pandas")
+        except Exception as exc:  # formulaic raises several error types
+            raise FormulaError(f"cannot build the random term ({term.expr} | {term.group}): "
+                               f"{formulaic_message(exc)}") from exc
         T = np.asarray(mm, dtype=float)
         names = tuple(r_name(c) for c in mm.model_spec.column_names)
     if T.shape[1] == 0:

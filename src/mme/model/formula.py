@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from .._errors import FormulaError
+from .rsyntax import to_python
 
 _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
 
@@ -128,6 +129,24 @@ def _responses(lhs: str) -> tuple:
     return names
 
 
+def _check_repeated(random: list, formula: str) -> None:
+    """A random effect in two terms of one grouping factor (``(1|id) + (1|id)``, or
+    ``(1|a/b) + (1|a)``) is not identifiable: a FormulaError naming it."""
+    seen = {}
+    for t in random:
+        intercept, slopes = _expr_terms(t.expr)
+        key_group = frozenset(t.factors)
+        for col in (["1"] if intercept else []) + [re.sub(r"\s+", "", x) for x in slopes]:
+            key = (key_group, col)
+            if key in seen:
+                what = "intercept" if col == "1" else f"slope {col!r}"
+                raise FormulaError(
+                    f"the random {what} of {t.group!r} appears twice in {formula!r} (terms "
+                    f"({seen[key].expr} | {seen[key].group}) and ({t.expr} | {t.group})): its "
+                    "variance would not be identifiable; keep one")
+            seen[key] = t
+
+
 def parse_formula(formula: str) -> ModelFormula:
     """Parse an lme4 formula.
 
@@ -143,6 +162,10 @@ def parse_formula(formula: str) -> ModelFormula:
     response = lhs.strip()
     if not response:
         raise FormulaError(f"formula {formula!r} has no response")
+    if rhs.strip().endswith("+") or not rhs.strip():
+        raise FormulaError(f"formula {formula!r} ends without a term after '~' or '+'")
+    # R's arithmetic inside calls (I(x^2), poly(x, 2, raw = TRUE)) as formulaic reads it
+    rhs = to_python(rhs)
     responses = _responses(response)
     fixed_parts, random = [], []
     for raw in _split_top(rhs, "+"):
@@ -170,6 +193,7 @@ def parse_formula(formula: str) -> ModelFormula:
                     random.append(RandomTerm(expr, factors))
         else:
             fixed_parts.append(part)
+    _check_repeated(random, formula)
     fixed = " + ".join(fixed_parts)
     # A leading "- 1" or "0" alone still needs something for formulaic to parse.
     if not fixed:
