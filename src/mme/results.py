@@ -465,10 +465,13 @@ class Fit:
         return self.residual_values.copy()
 
     # -- inference (implemented in their own modules) -------------------------
-    def emmeans(self, specs, by=None, at=None, df_method="kenward-roger", level=0.95):
-        """Estimated marginal means; see :func:`mme.inference.emmeans.emmeans`."""
+    def emmeans(self, specs, by=None, at=None, df_method="kenward-roger", level=0.95,
+                contr=None, adjust=None, **options):
+        """Estimated marginal means (and, for ``"pairwise ~ trt"`` or ``contr=``, their
+        contrasts); see :func:`mme.inference.emmeans.emmeans`."""
         from .inference.emmeans import emmeans
-        return emmeans(self, specs, by=by, at=at, df_method=df_method, level=level)
+        return emmeans(self, specs, by=by, at=at, df_method=df_method, level=level,
+                       contr=contr, adjust=adjust, **options)
 
     def anova(self, df_method="satterthwaite"):
         """Type-III Wald F tests per term; see :func:`mme.inference.anova.anova`."""

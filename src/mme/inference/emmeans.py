@@ -14,8 +14,16 @@ the chosen method (``anova.resolve_df_method``).
     emm = fit.emmeans("K2O_lbac")            # Kenward–Roger by default
     emm.table                                 # K2O_lbac, emmean, std_error, df, lower_cl, upper_cl
     emm.contrast({"36 vs 144": [1, 0, 0, 0, -1]}).table
-    emm.contrast("pairwise", adjust="tukey")
+    emm.contrast("pairwise")                  # Tukey-adjusted, as emmeans
+    emm.contrast(method="poly")               # linear, quadratic, ... (no adjustment)
+    emm.contrast("trt.vs.ctrl", ref=3)        # dunnettx; ref: 1-based position or a level
+    res = fit.emmeans("pairwise ~ K2O_lbac")  # R's `pairwise ~ K2O_lbac`: an EMMList
+    res.emmeans, res.contrasts                # (or: emm, con = fit.emmeans("pairwise ~ ..."))
     print(emm)                                # laid out and rounded as emmeans prints
+
+Contrast families are in :mod:`mme.inference.contrast_families`, multiplicity
+adjustments (p values and confidence limits, emmeans' rules) in
+:mod:`mme.inference.multiplicity`.
 """
 from __future__ import annotations
 
@@ -30,16 +38,23 @@ from scipy import stats
 from .._errors import DataError, FormulaError
 from .anova import resolve_df_method, wald
 from ..model.design import r_name
+from .contrast_families import family as contrast_family
 from .kenward_roger import kenward_roger
+from .multiplicity import adjust_p_values, critical_values, resolve_adjust
 from .printing import print_summary, r_format  # noqa: F401  (r_format re-exported)
 
-__all__ = ["emmeans", "EMMeans", "Contrasts"]
+__all__ = ["emmeans", "EMMeans", "Contrasts", "EMMList"]
 
 #: Custom contrast weights must sum to zero within this (relative to max |w|).
 ZERO_SUM_TOL = 1e-8
 #: A grid row is estimable when its component in the null space of X is below this.
 ESTIMABLE_TOL = 1e-8
-ADJUSTMENTS = ("none", "tukey", "bonferroni", "holm", "sidak")
+#: emmeans' test for "these weights are contrasts" (|Σw| below this): est type contrast
+CONTRAST_SUM_TOL = 1e-3
+#: emmeans' ``parens`` option: labels containing these get parentheses in contrast names
+PARENS = re.compile(r"-|\+|/|\*")
+#: R's ``qr(zapsmall(L))$rank`` tolerance, for the rank of a Scheffé family
+SCHEFFE_RANK_TOL = 1e-7
 
 
 # ------------------------------------------------------------------ the grid --
@@ -91,6 +106,7 @@ def _levels(col: pd.Series) -> list:
 
 
 def _parse_specs(specs, by) -> tuple:
+    """(spec variables, by variables, left side of ``specs`` or None)."""
     def split(x):
         if x is None:
             return []
@@ -100,8 +116,10 @@ def _parse_specs(specs, by) -> tuple:
         for s in x:
             out += split(s)
         return out
+    lhs = None
     if isinstance(specs, str) and ("~" in specs or "|" in specs):
-        rhs = specs.split("~", 1)[-1]
+        lhs_text, _, rhs = specs.rpartition("~") if "~" in specs else ("", "", specs)
+        lhs = lhs_text.strip() or None
         left, _, right = rhs.partition("|")
         spec_vars, by_vars = split(left), split(right) + split(by)
     else:
@@ -111,7 +129,7 @@ def _parse_specs(specs, by) -> tuple:
     dup = [v for v in spec_vars + by_vars if (spec_vars + by_vars).count(v) > 1]
     if dup:
         raise FormulaError(f"emmeans: {sorted(set(dup))} given more than once in specs/by")
-    return spec_vars, by_vars
+    return spec_vars, by_vars, lhs
 
 
 def _match_level(value, levels: list, var: str):
@@ -191,7 +209,7 @@ def _estimable(fit, Lfull: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------ emmeans --
 def emmeans(fit, specs, by=None, at: dict | None = None, df_method: str = "kenward-roger",
-            level: float = 0.95) -> "EMMeans":
+            level: float = 0.95, contr=None, adjust=None, **options):
     """Estimated marginal means of ``specs`` (optionally within ``by`` groups).
 
     Parameters
@@ -199,7 +217,9 @@ def emmeans(fit, specs, by=None, at: dict | None = None, df_method: str = "kenwa
     fit : mme.Fit
     specs : str or list of str
         Factor(s) whose level combinations get a mean: ``"trt"``, ``["a", "b"]``,
-        ``"a*b"``, or ``"~ a | b"`` (``b`` as ``by``).
+        ``"a*b"``, or ``"~ a | b"`` (``b`` as ``by``). A left side names a contrast
+        family, as in R: ``"pairwise ~ trt"``, ``"trt.vs.ctrl ~ trt | block"``; the
+        result is then an :class:`EMMList` of the means and their contrasts.
     by : str or list of str, optional
         Factor(s) within whose levels the means (and contrasts) are computed.
     at : dict, optional
@@ -209,15 +229,29 @@ def emmeans(fit, specs, by=None, at: dict | None = None, df_method: str = "kenwa
         Models without random terms always get the residual df (as ``lm``).
     level : float
         Confidence level of the intervals.
+    contr : str, dict or list, optional
+        Contrasts of the means to return with them (R's ``contr=``; the left side of
+        ``specs`` is the same thing). Any family or weights :meth:`EMMeans.contrast`
+        takes.
+    adjust : str, optional
+        Multiplicity adjustment of those contrasts (default: the family's).
+    **options
+        The contrast family's own options (``ref``, ``reverse``, ``max_degree``, ``wts``).
 
     Returns
     -------
-    EMMeans
+    EMMeans, or EMMList (``.emmeans``, ``.contrasts``) when contrasts are asked for
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     method = resolve_df_method(fit, df_method)
-    spec_vars, by_vars = _parse_specs(specs, by)
+    spec_vars, by_vars, lhs = _parse_specs(specs, by)
+    if lhs is not None and contr is None:
+        contr = lhs
+    if contr is None and (adjust is not None or options):
+        given = (["adjust"] if adjust is not None else []) + sorted(options)
+        raise ValueError(f"emmeans: {given} apply to contrasts; give them with contr= "
+                         "or a left side in specs ('pairwise ~ trt'), or call .contrast()")
     order, factors, values = _reference_grid(fit, spec_vars, by_vars, at)
     grid = _grid_frame(fit, order, factors, values)
     Xk, Xfull = _grid_X(fit, grid)
@@ -259,9 +293,12 @@ def emmeans(fit, specs, by=None, at: dict | None = None, df_method: str = "kenwa
             notes.append(f"Kenward-Roger traces estimated by Hutchinson's method "
                          f"({kr.n_probes} probes; largest relative SE {kr.trace_rel_se.max():.1e})")
     notes.append(f"Confidence level used: {level:g}")
-    return EMMeans(fit=fit, table=table, linfct=L, spec_vars=tuple(spec_vars),
-                   by_vars=tuple(by_vars), df_method=method, level=level,
-                   averaged=tuple(averaged), notes=tuple(notes))
+    emm = EMMeans(fit=fit, table=table, linfct=L, spec_vars=tuple(spec_vars),
+                  by_vars=tuple(by_vars), df_method=method, level=level,
+                  averaged=tuple(averaged), notes=tuple(notes))
+    if contr is None:
+        return emm
+    return EMMList(emm, emm.contrast(contr, adjust=adjust, **options))
 
 
 def _index_of(x, vals):
@@ -276,6 +313,31 @@ def _interval(est, se, df, level):
     finite = np.isfinite(df)
     crit = np.where(finite, stats.t.ppf(a, np.where(finite, df, 1.0)), stats.norm.ppf(a))
     return est - crit * se, est + crit * se
+
+
+class _Missing:
+    def __repr__(self):
+        return "<the means' own by>"
+
+
+#: ``by`` not given: contrasts within the means' ``by`` groups (``by=None``: across all)
+MISSING = _Missing()
+
+
+def _fmt_level(v) -> str:
+    """A level as R pastes it (``175.0`` → ``"175"``)."""
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.15g}"
+    return str(v)
+
+
+def _is_num(values) -> bool:
+    """emmeans' ``.is.num``: every value reads as a number."""
+    try:
+        [float(_fmt_level(v)) for v in values]
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 class EMMeans:
@@ -304,81 +366,152 @@ class EMMeans:
         self.notes = notes
 
     # -- contrasts ---------------------------------------------------------------
-    def contrast(self, weights="pairwise", adjust: str = "none", check_sum: bool = True,
-                 ref: int = 0) -> "Contrasts":
-        """Contrasts among the means (within each ``by`` group).
+    def contrast(self, method="eff", adjust=None, *, by=MISSING, level=None,
+                 check_sum: bool = True, weights=None, **options) -> "Contrasts":
+        """Contrasts among the means, within each ``by`` group, as emmeans' ``contrast()``.
 
         Parameters
         ----------
-        weights : "pairwise", "trt.vs.ctrl", dict or list
-            ``"pairwise"``: every mᵢ − mⱼ (i < j); ``"trt.vs.ctrl"``: every level
-            minus level ``ref``; ``{name: [w₁, …]}``: named weights, one per mean of a
-            group; a list of weight lists (named like R's ``c(1, 0, -1)``) or one list.
-        adjust : "none" (default), "tukey", "bonferroni", "holm" or "sidak"
-            Multiplicity adjustment within each group. Tukey (studentized range,
-            ``scipy.stats.studentized_range``) is for pairwise comparisons only;
-            otherwise it is changed to Sidak with a note, as emmeans does.
+        method : str, dict or list
+            A contrast family (:mod:`mme.inference.contrast_families`): ``"pairwise"``,
+            ``"revpairwise"``, ``"trt.vs.ctrl"`` (``"dunnett"``, ``"trt.vs.ctrlk"``),
+            ``"consec"``, ``"mean_chg"``, ``"poly"``, ``"eff"`` (emmeans' default),
+            ``"del.eff"``, ``"identity"``; or ``{name: [w₁, …]}``, named weights, one per
+            mean of a group; or a list of weight lists (named like R's ``c(1, 0, -1)``).
+            ``weights=`` is the same argument under its former name.
+        adjust : str, optional
+            Multiplicity adjustment within each group (:mod:`mme.inference.multiplicity`):
+            ``"tukey"``, ``"dunnettx"``, ``"mvt"``, ``"scheffe"``, ``"sidak"``,
+            ``"bonferroni"``, ``"holm"``, ``"hochberg"``, ``"hommel"``, ``"fdr"``/``"BH"``,
+            ``"BY"``, ``"none"``. Default: the family's, as in emmeans (pairwise: tukey;
+            trt.vs.ctrl: dunnettx; consec, mean_chg: mvt; eff, del.eff: fdr; poly and
+            weights: none). Tukey on anything but one set of pairwise differences is
+            changed to Šidák with emmeans' note.
+        by : str, list or None
+            Groups within which contrasts are formed and adjusted; default the means' own
+            ``by``; ``None``: all means together.
+        level : float
+            Confidence level of ``lower_cl``/``upper_cl`` (default the means' level); the
+            limits are adjusted as emmeans' ``confint()`` adjusts them.
         check_sum : bool
             Custom weights must sum to zero (a contrast); False allows any linear
             function of the means.
-        ref : int
-            Position of the control level for ``"trt.vs.ctrl"``.
+        **options
+            The family's own: ``ref`` (trt.vs.ctrl: 1-based position(s) of the control,
+            as emmeans, or level(s)), ``reverse``, ``max_degree`` (poly), ``wts`` (eff).
 
         Returns
         -------
         Contrasts
+            Prints as emmeans prints contrasts (tests); ``.confint()`` prints the
+            intervals; ``.table`` has both.
         """
-        adjust = str(adjust).lower()
-        if adjust not in ADJUSTMENTS:
-            raise ValueError(f"adjust must be one of {ADJUSTMENTS}, got {adjust!r}")
+        if weights is not None:
+            method = weights
+        level = self.level if level is None else level
+        if not 0 < level < 1:
+            raise ValueError(f"level must be in (0, 1), got {level!r}")
+        by_vars = self._contrast_by(by)
         t = self.table
-        n_groups = 1
-        for v in self.by_vars:
-            n_groups *= t[v].nunique()
-        k = len(t) // n_groups
-        labels = [" ".join(str(t[v].iloc[i]) for v in self.spec_vars) for i in range(k)]
-        names, K = _contrast_weights(weights, labels, check_sum, ref)
-        notes = [n for n in self.notes if n.startswith("Results are averaged")
-                 or n.startswith("Degrees-of-freedom") or n.startswith("Kenward-Roger traces")]
-        if adjust == "tukey" and weights != "pairwise":
-            notes.append('Note: adjust = "tukey" was changed to "sidak" because "tukey" is '
-                         "only appropriate for one set of pairwise comparisons")
-            adjust = "sidak"
-        rows_L, rows_est_ok, by_rows, out_names = [], [], [], []
-        for g in range(n_groups):
-            block = slice(g * k, (g + 1) * k)
-            Lg = self.linfct[block]
-            ok = np.isfinite(t["emmean"].to_numpy()[block])
-            for name, w in zip(names, K):
-                rows_L.append(w @ Lg)
-                rows_est_ok.append(bool(np.all(ok[np.abs(w) > 0])))
-                by_rows.append({v: t[v].iloc[g * k] for v in self.by_vars})
+        keys = self.spec_vars + self.by_vars
+        # by groups in order of appearance (emmeans' .find.by.rows)
+        groups = {}
+        for i in range(len(t)):
+            groups.setdefault(tuple(_fmt_level(t[v].iloc[i]) for v in by_vars), []).append(i)
+        rows_of = [np.array(r) for r in groups.values()]
+        sizes = {len(r) for r in rows_of}
+        if len(sizes) != 1:
+            raise DataError(f"contrast: the by groups {list(by_vars)} are of unequal sizes")
+        k = sizes.pop()
+        inner = [v for v in keys if v not in by_vars]
+        enhance = {v for v in inner if _is_num(t[v])}
+        names_K = []
+        for rows in rows_of:
+            raw = [" ".join(_fmt_level(t[v].iloc[i]) for v in inner) for i in rows]
+            labels = [" ".join((v if v in enhance else "") + _fmt_level(t[v].iloc[i])
+                               for v in inner) for i in rows]
+            labels = [f"({a})" if PARENS.search(a) else a for a in labels]
+            names_K.append(self._family(method, labels, raw, check_sum, options))
+        fam = names_K[0]
+        # contrasts of the means: rows of L, estimability, estimates, SE, df
+        est_ok = np.isfinite(t["emmean"].to_numpy())
+        Lc, ok, by_rows, out_names, con_groups = [], [], [], [], []
+        for rows, f in zip(rows_of, names_K):
+            idx = []
+            for name, w in zip(f.names, f.coef):
+                idx.append(len(Lc))
+                Lc.append(w @ self.linfct[rows])
+                ok.append(bool(np.all(est_ok[rows][np.abs(w) > 0])))
+                by_rows.append({v: t[v].iloc[rows[0]] for v in by_vars})
                 out_names.append(name)
-        Lc = np.array(rows_L)
+            con_groups.append(np.array(idx, dtype=int))
+        Lc = np.array(Lc).reshape(-1, self.linfct.shape[1])
         est, se, df = wald(self._fit, Lc, self.df_method)
-        okm = np.array(rows_est_ok)
+        okm = np.array(ok, dtype=bool)
         est, se, df = (np.where(okm, est, np.nan), np.where(okm, se, np.nan),
                        np.where(okm, df, np.nan))
         with np.errstate(divide="ignore", invalid="ignore"):
             tval = est / se
-        p = _two_sided(tval, df)
-        nc = len(names)
-        for g in range(n_groups):
-            sl = slice(g * nc, (g + 1) * nc)
-            p[sl] = _adjust(p[sl], tval[sl], df[sl], adjust, k)
-        if adjust == "tukey":
-            notes.append(f"P value adjustment: tukey method for comparing a family of {k} estimates")
-        elif adjust != "none":
-            notes.append(f"P value adjustment: {adjust} method for {nc} tests")
-        table = pd.DataFrame(by_rows, index=pd.Index(out_names, name="contrast")) \
-            if self.by_vars else pd.DataFrame(index=pd.Index(out_names, name="contrast"))
+        adjust = resolve_adjust(fam.adjust if adjust is None else adjust)
+        corr = sch_rank = None
+        if adjust == "mvt":
+            V = _vcov_for(self._fit, self.df_method)
+            C = Lc @ V @ Lc.T
+            d = np.sqrt(np.diag(C))
+            corr = C / np.outer(d, d)
+        elif adjust == "scheffe":
+            sch_rank = [_rank(Lc[g][okm[g]]) for g in con_groups]
+        p, p_adjust, p_notes = adjust_p_values(tval, df, adjust, fam.fam_size, con_groups,
+                                               fam.est_type, corr, sch_rank)
+        cv, ci_adjust, ci_notes = critical_values(level, df, adjust, fam.fam_size, con_groups,
+                                                  fam.est_type, corr, sch_rank)
+        index = pd.Index(out_names, name="contrast")
+        table = pd.DataFrame(by_rows, index=index) if by_vars else pd.DataFrame(index=index)
         table["estimate"] = est
         table["std_error"] = se
         table["df"] = df
         table["t_value"] = tval
         table["p_value"] = p
-        return Contrasts(table=table, linfct=Lc, by_vars=self.by_vars, df_method=self.df_method,
-                         adjust=adjust, notes=tuple(notes))
+        table["lower_cl"] = est - cv * se
+        table["upper_cl"] = est + cv * se
+        notes = [n for n in self.notes if n.startswith("Results are averaged")
+                 or n.startswith("Degrees-of-freedom") or n.startswith("Kenward-Roger traces")]
+        return Contrasts(table=table, linfct=Lc, by_vars=tuple(by_vars),
+                         df_method=self.df_method, adjust=p_adjust, notes=tuple(notes),
+                         p_notes=tuple(p_notes), ci_adjust=ci_adjust, ci_notes=tuple(ci_notes),
+                         level=level, method=method if isinstance(method, str) else "custom",
+                         coef=fam.coef, est_type=fam.est_type, fam_size=fam.fam_size)
+
+    def pairs(self, adjust=None, **kw) -> "Contrasts":
+        """emmeans' ``pairs(emm)``: ``contrast("pairwise")``."""
+        return self.contrast("pairwise", adjust=adjust, **kw)
+
+    def _contrast_by(self, by) -> tuple:
+        if by is MISSING:
+            return tuple(self.by_vars)
+        if by is None:
+            return ()
+        by = [by] if isinstance(by, str) else list(by)
+        keys = self.spec_vars + self.by_vars
+        bad = [v for v in by if v not in keys]
+        if bad:
+            raise FormulaError(f"contrast: by={bad} is not among the means' variables {list(keys)}")
+        if len(by) == len(keys):
+            raise FormulaError(f"contrast: by={by} leaves no variable to contrast")
+        return tuple(v for v in keys if v in by)
+
+    @staticmethod
+    def _family(method, labels, raw, check_sum, options):
+        from .contrast_families import Family
+        if isinstance(method, str):
+            return contrast_family(method, labels, raw, **options)
+        if options:
+            raise ValueError(f"contrast: options {sorted(options)} apply to named families, "
+                             "not to custom weights")
+        names, K = _contrast_weights(method, labels, check_sum)
+        is_con = np.all(np.abs(K.sum(axis=1)) < CONTRAST_SUM_TOL)
+        return Family(names, K, "none", "contrast" if is_con else "prediction", len(labels),
+                      "custom")
 
     # -- printing ----------------------------------------------------------------
     def __str__(self) -> str:
@@ -398,36 +531,129 @@ class EMMeans:
         return "<pre>" + str(self).replace("&", "&amp;").replace("<", "&lt;") + "</pre>"
 
 
+def _vcov_for(fit, method) -> np.ndarray:
+    """The Var(β̂) the estimates' SEs use: Kenward–Roger's adjusted Φ_A, or Φ."""
+    return kenward_roger(fit).vcov_adj if method == "kenward-roger" else fit.vcov_beta
+
+
+def _rank(L) -> int:
+    """R's ``qr(zapsmall(L))$rank``, for the Scheffé rank of a family."""
+    from .printing import _zapsmall
+    if L.size == 0:
+        return 0
+    Lz = _zapsmall(np.asarray(L, float))
+    sv = np.linalg.svd(Lz, compute_uv=False)
+    return int(np.sum(sv > SCHEFFE_RANK_TOL * sv.max())) if sv.size and sv.max() > 0 else 0
+
+
 class Contrasts:
     """Contrasts among estimated marginal means.
 
     Attributes
     ----------
     table : DataFrame indexed by contrast name
-        (by columns,) ``estimate, std_error, df, t_value, p_value``
+        (by columns,) ``estimate, std_error, df, t_value, p_value, lower_cl, upper_cl``;
+        p values adjusted by ``adjust``, limits by ``ci_adjust`` at ``level``.
     linfct : ndarray (m, p) — the contrasts as rows of L on ``fit.fixed_names``
+    coef : ndarray (contrasts × means of one group) — the family's weights
+    adjust, ci_adjust : str — the adjustments used (emmeans may change one, with a note)
     """
 
-    def __init__(self, table, linfct, by_vars, df_method, adjust, notes):
+    def __init__(self, table, linfct, by_vars, df_method, adjust, notes, p_notes=(),
+                 ci_adjust="none", ci_notes=(), level=0.95, method="custom", coef=None,
+                 est_type="contrast", fam_size=None, infer=(False, True)):
         self.table = table
         self.linfct = linfct
         self.by_vars = by_vars
         self.df_method = df_method
         self.adjust = adjust
-        self.notes = notes
+        self.ci_adjust = ci_adjust
+        self.level = level
+        self.method = method
+        self.coef = coef
+        self.est_type = est_type
+        self.fam_size = fam_size
+        self.infer = tuple(infer)
+        self._notes, self._p_notes, self._ci_notes = tuple(notes), tuple(p_notes), tuple(ci_notes)
+
+    @property
+    def notes(self) -> tuple:
+        """What emmeans prints under the table for the intervals/tests shown."""
+        changed = [n for n in self._p_notes + self._ci_notes if n.startswith("Note:")]
+        out = list(self._notes) + list(dict.fromkeys(changed))
+        if self.infer[0]:
+            out.append(f"Confidence level used: {self.level:g}")
+            out += [n for n in self._ci_notes if not n.startswith("Note:")]
+        if self.infer[1]:
+            out += [n for n in self._p_notes if not n.startswith("Note:")]
+        return tuple(out)
+
+    def _view(self, infer) -> "Contrasts":
+        c = Contrasts.__new__(Contrasts)
+        c.__dict__.update(self.__dict__)
+        c.infer = tuple(infer)
+        return c
+
+    def confint(self) -> "Contrasts":
+        """The same contrasts shown with their (adjusted) confidence limits, as emmeans'
+        ``confint()``."""
+        return self._view((True, False))
+
+    def summary(self, infer=(True, True)) -> "Contrasts":
+        """The same contrasts shown with intervals and/or tests (emmeans' ``infer``)."""
+        if isinstance(infer, bool):
+            infer = (infer, infer)
+        return self._view(infer)
 
     def __str__(self) -> str:
         t = self.table
         asym = not np.all(np.isfinite(t["df"].fillna(0.0)))
         cols = {"contrast": ("L", [str(x) for x in t.index])}
         for v in self.by_vars:
-            cols[v] = ("L", [str(x) for x in t[v]])
+            cols[v] = ("L", [_fmt_level(x) for x in t[v]])
         cols["estimate"] = ("est", t["estimate"].to_numpy())
         cols["SE"] = ("se", t["std_error"].to_numpy())
         cols["df"] = ("df", t["df"].to_numpy())
-        cols["z.ratio" if asym else "t.ratio"] = ("stat", t["t_value"].to_numpy())
-        cols["p.value"] = ("p", t["p_value"].to_numpy())
+        if self.infer[0]:
+            cols["asymp.LCL" if asym else "lower.CL"] = ("num", t["lower_cl"].to_numpy())
+            cols["asymp.UCL" if asym else "upper.CL"] = ("num", t["upper_cl"].to_numpy())
+        if self.infer[1]:
+            cols["z.ratio" if asym else "t.ratio"] = ("stat", t["t_value"].to_numpy())
+            cols["p.value"] = ("p", t["p_value"].to_numpy())
         return print_summary(cols, self.by_vars, self.notes)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        return "<pre>" + str(self).replace("&", "&amp;").replace("<", "&lt;") + "</pre>"
+
+
+class EMMList:
+    """R's ``emm_list`` from ``emmeans(fit, pairwise ~ trt)``: the means and their contrasts.
+
+    ``res.emmeans`` and ``res.contrasts`` (as R's ``res$emmeans``, ``res$contrasts``);
+    ``res["contrasts"]``, ``res[1]``; ``emm, con = res``; prints as R prints the list.
+    """
+
+    def __init__(self, emmeans: EMMeans, contrasts: Contrasts):
+        self.emmeans = emmeans
+        self.contrasts = contrasts
+
+    def __getitem__(self, key):
+        if key in (0, "emmeans"):
+            return self.emmeans
+        if key in (1, "contrasts"):
+            return self.contrasts
+        raise KeyError(f"{key!r}: an EMMList has 'emmeans' (0) and 'contrasts' (1)")
+
+    def __iter__(self):
+        return iter((self.emmeans, self.contrasts))
+
+    def __len__(self) -> int:
+        return 2
+
+    def __str__(self) -> str:
+        return "$emmeans\n" + str(self.emmeans) + "\n\n$contrasts\n" + str(self.contrasts)
 
     __repr__ = __str__
 
@@ -439,33 +665,17 @@ def _deparse(w) -> str:
     return "c(" + ", ".join(f"{float(x):.15g}" for x in w) + ")"
 
 
-def _contrast_weights(weights, labels, check_sum, ref) -> tuple:
+def _contrast_weights(weights, labels, check_sum) -> tuple:
+    """(names, K) of custom weights: a dict {name: weights}, a list of lists, or one list."""
     k = len(labels)
-    if isinstance(weights, str):
-        if weights == "pairwise":
-            names, K = [], []
-            for i, j in itertools.combinations(range(k), 2):
-                w = np.zeros(k)
-                w[i], w[j] = 1.0, -1.0
-                names.append(f"{labels[i]} - {labels[j]}")
-                K.append(w)
-            return names, np.array(K).reshape(-1, k)
-        if weights == "trt.vs.ctrl":
-            if not 0 <= ref < k:
-                raise DataError(f"ref={ref} is not a position among the {k} means")
-            names, K = [], []
-            for j in range(k):
-                if j != ref:
-                    w = np.zeros(k)
-                    w[j], w[ref] = 1.0, -1.0
-                    names.append(f"{labels[j]} - {labels[ref]}")
-                    K.append(w)
-            return names, np.array(K).reshape(-1, k)
-        raise ValueError(f"weights must be 'pairwise', 'trt.vs.ctrl', a dict or a list; got {weights!r}")
     if isinstance(weights, dict):
         items = list(weights.items())
     else:
-        ws = list(weights)
+        try:
+            ws = list(weights)
+        except TypeError:
+            raise ValueError(f"contrast: method must be a family name, a dict or a list of "
+                             f"weights; got {weights!r}") from None
         if ws and np.ndim(ws[0]) == 0:
             ws = [ws]
         items = [(_deparse(w), w) for w in ws]
@@ -483,34 +693,3 @@ def _contrast_weights(weights, labels, check_sum, ref) -> tuple:
         names.append(str(name))
         K.append(w)
     return names, np.array(K)
-
-
-def _two_sided(t, df):
-    t, df = np.asarray(t, float), np.asarray(df, float)
-    finite = np.isfinite(df)
-    p = np.where(finite, 2.0 * stats.t.sf(np.abs(t), np.where(finite, df, 1.0)),
-                 2.0 * stats.norm.sf(np.abs(t)))
-    return np.where(np.isnan(t), np.nan, p)
-
-
-def _adjust(p, t, df, method, k):
-    p = p.copy()
-    ok = ~np.isnan(p)
-    m = int(ok.sum())
-    if method == "none" or m == 0:
-        return p
-    if method == "bonferroni":
-        p[ok] = np.minimum(1.0, p[ok] * m)
-    elif method == "sidak":
-        p[ok] = 1.0 - (1.0 - p[ok]) ** m
-    elif method == "holm":
-        idx = np.flatnonzero(ok)
-        order = idx[np.argsort(p[idx], kind="stable")]
-        adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
-        p[order] = np.minimum(1.0, adj)
-    elif method == "tukey":
-        from scipy.stats import studentized_range
-        for i in np.flatnonzero(ok):
-            d = df[i] if np.isfinite(df[i]) else np.inf
-            p[i] = float(studentized_range.sf(abs(t[i]) * np.sqrt(2.0), k, d))
-    return p
