@@ -429,10 +429,16 @@ class Fit:
         from .inference.anova import anova
         return anova(self, df_method=df_method)
 
-    def confint(self, level=0.95, df_method="satterthwaite"):
-        """Wald confidence intervals; see :func:`mme.inference.anova.confint`."""
-        from .inference.anova import confint
-        return confint(self, level=level, df_method=df_method)
+    def confint(self, parm=None, level=0.95, method="profile", nsim=500, seed=None,
+                df_method=None, tidy=False):
+        """Confidence intervals as lme4's ``confint(merMod)``: ``method="profile"``
+        (default; the ML deviance's profile), ``"Wald"`` or ``"boot"`` (parametric
+        bootstrap, ``nsim`` replicates, ``seed``). Rows ``sd_(Intercept)|rep``, ``cor_…``,
+        ``sigma``, then the fixed effects; columns ``"2.5 %"``, ``"97.5 %"`` (``tidy=True``:
+        ``estimate, lower, upper``). See :func:`mme.inference.confint.confint`."""
+        from .inference.confint import confint
+        return confint(self, parm=parm, level=level, method=method, nsim=nsim, seed=seed,
+                       df_method=df_method, tidy=tidy)
 
     def predict(self, newdata=None, include_random=True):
         """Predictions for new data; see :func:`mme.inference.predict.predict`."""
