@@ -173,10 +173,24 @@ class RelativeFactorForm:
                 except ValueError:
                     return None
                 c0[self.kslots_unique] += self.kvals_summed
-                self._exp = (c0, lin.reshape(m, C.nnz), quad.reshape(len(pairs), C.nnz),
-                             np.array(pairs, dtype=np.int64).reshape(-1, 2),
-                             T0.T @ self.Wty, np.array([Te.T @ self.Wty for Te in Ts]).reshape(m, -1))
+                self._exp_T = (T0, Ts)
+                self._exp = [c0, lin.reshape(m, C.nnz), quad.reshape(len(pairs), C.nnz),
+                             np.array(pairs, dtype=np.int64).reshape(-1, 2), None, None]
+                self._expand_rhs()
         return self._exp
+
+    def _expand_rhs(self) -> None:
+        T0, Ts = self._exp_T
+        self._exp[4] = T0.T @ self.Wty
+        self._exp[5] = np.array([Te.T @ self.Wty for Te in Ts]).reshape(len(Ts), -1)
+
+    def set_response(self) -> None:
+        """Re-read W'y and y'y from the MME after ``MME.set_response`` (C* does not
+        depend on y: its pattern, analysis and expansion stay)."""
+        mme = self.model.mme
+        self.Wty, self.yty = mme.Wty, mme.yty
+        if getattr(self, "_exp", None) is not None:
+            self._expand_rhs()
 
     def _solve(self, lam: np.ndarray) -> tuple:
         """Factorize C*(λ): (log|C*|, pwrss, ŝ)."""

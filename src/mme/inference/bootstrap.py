@@ -4,7 +4,8 @@ Each replicate simulates a response from the fitted model,
 
     y* = Xβ̂ + Σₖ Zₖ u*ₖ + e*,   u*ₖ ~ N(0, Ĝ₀ₖ ⊗ Kₖ),   e* ~ N(0, σ̂²ₑ W⁻¹),
 
-and refits it with the fit's criterion (REML or ML) from the fit's θ̂. The statistics
+and refits it with the fit's criterion (REML or ML) from the fit's θ̂, as lme4 does:
+the profiled criterion of the relative-factor form minimised over λ (``Refit``). The statistics
 are lme4's ``confint(..., method = "boot")`` ones: the SDs and correlations of each
 G₀, σ, and β (``profile.lme4_parameters`` names them). A Ĝ₀ reported singular is
 simulated as such (its PSD Cholesky factor); K's square root comes from a CHOLMOD
@@ -13,8 +14,9 @@ factor of K⁻¹ (K⁻¹ = P'LL'P ⇒ u = P'L'⁻¹z has covariance K), so K is 
 The random numbers are NumPy's (``numpy.random.default_rng(seed)``), drawn per
 replicate block by block (each block's d × L standard normals, then the n residuals);
 they cannot reproduce R's, so results agree with lme4's in distribution only. The
-refits reuse one copy of the MME (``MME.with_response``: C's pattern and its CHOLMOD
-analysis shared by all replicates; only W'y changes).
+refits reuse one copy of the MME (``MME.with_response``) and one relative-factor form:
+C*'s pattern, its CHOLMOD analysis and its expansion in λ are shared by all replicates;
+only W'y changes.
 """
 from __future__ import annotations
 
@@ -24,11 +26,20 @@ import numpy as np
 import pandas as pd
 from sksparse import cholmod
 
-from .._errors import MMEError, OptionError
-from ..engine.estimate import estimate as estimate_variances
-from .profile import _psd_cholesky, check_profilable, lme4_parameters, sdcor_of_theta
+from scipy import optimize
 
-__all__ = ["parametric_bootstrap"]
+from .._errors import MMEError, OptionError
+from ..engine.boundary import RelativeFactorForm
+from ..engine.reml import Likelihood
+from .profile import (_psd_cholesky, check_profilable, lme4_parameters, minimize_box,
+                      sdcor_of_theta)
+
+__all__ = ["parametric_bootstrap", "Refit"]
+
+#: L-BFGS-B's stopping rules of a refit (relative deviance change, projected gradient in
+#: units of λ̂): as ``profile.INNER_FTOL`` / ``INNER_GTOL``
+REFIT_FTOL = 1e-12
+REFIT_GTOL = 1e-7
 
 
 def _block_samplers(mme, G0s):
@@ -58,6 +69,49 @@ def _block_samplers(mme, G0s):
     return out
 
 
+class Refit:
+    """The fit's model for other responses, refitted as lme4 does: the profiled REML/ML
+    criterion of the relative-factor form (``engine.boundary``) minimised over λ with
+    bounds diag(Λ) ≥ 0 (L-BFGS-B, central-difference gradients), from the fit's λ̂. A
+    replicate whose optimum is singular (an SD at 0) costs no more than another."""
+
+    def __init__(self, fit, y: np.ndarray):
+        mme = fit.internals.mme
+        self.mme = mme.with_response(y)
+        self.form = RelativeFactorForm(Likelihood(self.mme, fit.method))
+        self.free = np.concatenate(
+            [[a == b or s.kind == "us" for a, b in tri]
+             for s, tri in zip(mme.structures, self.form.tri)]).astype(bool)
+        lam0 = self.form.lam_of(np.asarray(fit.internals.theta, float))
+        self.lam0 = np.where(self.free, lam0, 0.0)
+        lb = self.form.bounds().lb[self.free]
+        self.bounds = optimize.Bounds(lb, np.full(lb.shape, np.inf))
+        self.scale = np.maximum(np.abs(self.lam0[self.free]),
+                                max(float(np.max(np.abs(self.lam0))), 1e-3) * 0.1)
+
+    def set_response(self, y: np.ndarray) -> None:
+        self.mme.set_response(y)
+        self.form.set_response()
+
+    def fit(self) -> tuple:
+        """(θ̂, β̂) for the current response."""
+        lam = self.lam0.copy()
+        sc = self.scale
+
+        def f(u):
+            lam[self.free] = u * sc
+            return self.form.evaluate(lam)[0]
+
+        _, u = minimize_box(f, self.lam0[self.free] / sc, self.bounds.lb / sc,
+                            self.bounds.ub / sc, np.ones(sc.shape), REFIT_FTOL, REFIT_GTOL)
+        lam[:] = 0.0
+        lam[self.free] = u * sc
+        m2ll, s2e, sol = self.form.evaluate(lam)
+        if not np.isfinite(m2ll):
+            raise MMEError("refit did not reach a finite likelihood")
+        return self.form.theta_of(lam, s2e), sol[:self.mme.p]
+
+
 def parametric_bootstrap(fit, nsim: int, seed=None) -> pd.DataFrame:
     """``nsim`` refits of responses simulated from ``fit``.
 
@@ -82,9 +136,8 @@ def parametric_bootstrap(fit, nsim: int, seed=None) -> pd.DataFrame:
     xb = np.asarray(design.X @ fit.beta).ravel()
     sw = mme.residual.sqrt_weights
     rng = np.random.default_rng(seed)
-    start = np.asarray(fit.internals.theta, float)
     out = np.full((nsim, len(names)), np.nan)
-    boot_mme = None
+    refit = None
     failed = 0
     for r in range(nsim):
         y = xb.copy()
@@ -92,19 +145,17 @@ def parametric_bootstrap(fit, nsim: int, seed=None) -> pd.DataFrame:
             y += Z @ draw(rng)
         e = sigma * rng.standard_normal(mme.n)
         y += e if sw is None else e / sw
-        if boot_mme is None:
-            boot_mme = mme.with_response(y)
+        if refit is None:
+            refit = Refit(fit, y)
         else:
-            boot_mme.set_response(y)
+            refit.set_response(y)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                est = estimate_variances(boot_mme, method=fit.method, start=start)
-        except MMEError:
+            theta, beta = refit.fit()
+        except (MMEError, np.linalg.LinAlgError, cholmod.CholmodError):
             failed += 1
             continue
-        out[r, :len(params)] = sdcor_of_theta(mme, params, est.theta_reported)
-        out[r, len(params):] = est.evaluation.solution[:mme.p]
+        out[r, :len(params)] = sdcor_of_theta(mme, params, theta)
+        out[r, len(params):] = beta
     frame = pd.DataFrame(out, columns=names)
     frame.index.name = "replicate"
     frame.attrs["n_failed"] = failed

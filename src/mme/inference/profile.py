@@ -42,9 +42,12 @@ __all__ = ["ProfileModel", "check_profilable", "lme4_parameters", "profile_inter
            "sdcor_of_theta"]
 
 #: L-BFGS-B's stopping rules for the nuisance parameters (scaled to their estimates):
-#: relative change of the deviance and projected gradient
-INNER_FTOL = 1e-15
-INNER_GTOL = 1e-9
+#: relative change of the deviance and projected gradient (central differences). On
+#: sleepstudy the limits move by < 1e-9 relative against 1e-15 / 1e-9, at 1/3 the cost
+INNER_FTOL = 1e-12
+INNER_GTOL = 1e-7
+#: most L-BFGS-B restarts off a lower bound of 0 (``minimize_box``)
+MAX_RESTARTS = 5
 #: brentq's tolerance on a limit, relative to the parameter's scale
 ROOT_XTOL = 1e-9
 #: most evaluations of ζ while looking for the far side of a limit
@@ -150,6 +153,44 @@ def check_profilable(fit, method: str) -> None:
                 "method='Wald'")
 
 
+def minimize_box(f, x0: np.ndarray, lb: np.ndarray, ub: np.ndarray, scale: np.ndarray,
+                 ftol: float = None, gtol: float = None) -> tuple:
+    """min f over a box, in units of ``scale``: L-BFGS-B with central-difference
+    gradients (the parameters are few; a deviance costs one factorization). Returns
+    (value, argmin), never worse than the start.
+
+    A deviance is even in an SD (or a diagonal λ) at 0, so its gradient vanishes there
+    and L-BFGS-B stops when a step lands on that bound, maximum or not: every
+    coordinate left at a lower bound of 0 is tried at 1% of its scale, and the search
+    restarts from there when that is lower (lme4's derivative-free bobyqa has no such
+    trap)."""
+    ftol = INNER_FTOL if ftol is None else ftol
+    gtol = INNER_GTOL if gtol is None else gtol
+    x = np.clip(np.asarray(x0, float), lb, ub)
+    fx = f(x)
+    if x.size == 0:
+        return fx, x
+    bounds = optimize.Bounds(lb / scale, ub / scale)
+    for _ in range(MAX_RESTARTS):
+        res = optimize.minimize(lambda u: f(u * scale), x / scale, method="L-BFGS-B",
+                                jac="3-point", bounds=bounds,
+                                options={"ftol": ftol, "gtol": gtol, "maxiter": 500})
+        xn = np.clip(np.asarray(res.x, float) * scale, lb, ub)
+        fn = f(xn)
+        if fn <= fx:
+            x, fx = xn, fn
+        moved = False
+        for i in np.flatnonzero((x == lb) & (lb == 0)):
+            xt = x.copy()
+            xt[i] = 0.01 * scale[i]
+            ft = f(xt)
+            if ft < fx:
+                x, fx, moved = xt, ft, True
+        if not moved:
+            break
+    return fx, x
+
+
 class ProfileModel:
     """The ML deviance of a fit on lme4's sdcor scale, its optimum and its profiles."""
 
@@ -218,20 +259,7 @@ class ProfileModel:
         return ld + self.n * (1.0 + np.log(2.0 * np.pi * r2 / self.n))
 
     def _minimize(self, f, x0: np.ndarray, lb: np.ndarray, ub: np.ndarray, scale: np.ndarray):
-        """min f over a box, in units of ``scale``: L-BFGS-B with central-difference
-        gradients (the nuisance parameters are few; a deviance costs one factorization);
-        (value, argmin), never worse than the start."""
-        x0 = np.clip(x0, lb, ub)
-        f0 = f(x0)
-        if x0.size == 0:
-            return f0, x0
-        res = optimize.minimize(lambda u: f(u * scale), x0 / scale, method="L-BFGS-B",
-                                jac="3-point", bounds=optimize.Bounds(lb / scale, ub / scale),
-                                options={"ftol": INNER_FTOL, "gtol": INNER_GTOL,
-                                         "maxiter": 500})
-        x = np.clip(np.asarray(res.x, float) * scale, lb, ub)
-        fx = f(x)
-        return (fx, x) if fx <= f0 else (f0, x0)
+        return minimize_box(f, x0, lb, ub, scale)
 
     def _ml_optimum(self) -> tuple:
         """(φ̂, D̂): the ML fit (AI-REML from the fit's θ̂, or the fit itself), polished in φ."""
