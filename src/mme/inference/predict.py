@@ -73,7 +73,9 @@ def predict(fit, newdata: pd.DataFrame | None = None, include_random: bool = Tru
     -------
     pandas.Series (float), indexed like ``newdata`` (like the fitted rows when
     ``newdata`` is None), named ``"predicted"``; with ``interval``, a DataFrame with
-    R's columns ``fit, lwr, upr`` and ``se_fit`` (``predict.lm``'s ``se.fit``).
+    R's columns ``fit, lwr, upr`` and ``se_fit`` (``predict.lm``'s ``se.fit``: the SE of
+    the fitted value), and for prediction intervals ``se_pred`` = √(se_fit² + the new
+    observation's variance), the half-width's scale.
 
     Raises
     ------
@@ -382,14 +384,19 @@ def _predict_interval(fit, newdata, include_random: bool, interval: str,
     rows = frame.loc[complete] if not complete.all() else frame
     fitv = np.full(len(frame), np.nan)
     se = np.full(len(frame), np.nan)
+    new_var = np.full(len(frame), np.nan)
     if len(rows):
-        fitv[complete], se[complete] = _mean_and_se(fit, design, mme, mf, rows,
-                                                    include_random, interval)
+        fitv[complete], se[complete], new_var[complete] = _mean_and_se(
+            fit, design, mme, mf, rows, include_random, interval)
     fixed_only = not mme.structures and mme.residual.is_scalar
     a = 0.5 * (1.0 + level)
     q = stats.t.ppf(a, fit.nobs - len(fit.beta)) if fixed_only else stats.norm.ppf(a)
-    out = pd.DataFrame({"fit": fitv, "se_fit": se, "lwr": fitv - q * se, "upr": fitv + q * se},
-                       index=frame.index)
+    cols = {"fit": fitv, "se_fit": se}
+    width = se
+    if interval == "prediction":
+        width = cols["se_pred"] = np.sqrt(se ** 2 + new_var)
+    cols.update(lwr=fitv - q * width, upr=fitv + q * width)
+    out = pd.DataFrame(cols, index=frame.index)
     out.attrs.update(interval=interval, level=float(level), include_random=include_random,
                      quantile="t" if fixed_only else "normal")
     return out
@@ -426,9 +433,13 @@ def _mean_and_se(fit, design, mme, mf, rows, include_random: bool, interval: str
     else:
         Xd = X.toarray()
         var = np.einsum("ij,jk,ik->i", Xd, fit.vcov_beta, Xd)
-        for (term, block), s, G0 in pairs:          # interval == "prediction": new groups
-            T, _ = _term_matrix(design, term, rows)
-            extra += np.einsum("ij,jk,ik->i", T, G0, T)
+    # a new observation of the row: its residual, and at the population level the
+    # effects of every random term as for a new group
+    new_var = np.zeros(m)
     if interval == "prediction":
-        extra += float(R0[0, 0])
-    return eta, np.sqrt(np.maximum(var, 0.0) + extra)
+        new_var += float(R0[0, 0])
+        if not include_random:
+            for (term, block), s, G0 in pairs:
+                T, _ = _term_matrix(design, term, rows)
+                new_var += np.einsum("ij,jk,ik->i", T, G0, T)
+    return eta, np.sqrt(np.maximum(var, 0.0) + extra), new_var

@@ -110,7 +110,8 @@ for (iv in c("confidence", "prediction")) for (lev in c(0.95, 0.9)) {
   pr[[paste0(iv, "_", lev * 100)]] <- list(fit = unname(p$fit[, 1]), lwr = unname(p$fit[, 2]),
                                           upr = unname(p$fit[, 3]), se_fit = unname(p$se.fit))
 }
-out$predict_lm <- c(list(formula = "yield ~ K2O_lbac + rep"), pr)
+out$predict_lm <- c(list(formula = "yield ~ K2O_lbac + rep"), pr,
+                   list(confint = ci_list(confint(fit_lm))))
 
 writeLines(toJSON(out, digits = NA, auto_unbox = TRUE, pretty = TRUE, na = "null"),
            file.path(outdir, "intervals.json"))
