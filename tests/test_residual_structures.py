@@ -780,7 +780,8 @@ def test_multi_trait_predict_and_emmeans_by_trait():
     # predict on the wide rows = the fitted values of the long rows (unit-major)
     p = fit.predict(df.head(5))
     d = fit.internals.design.data
-    fitted = pd.Series(fit.fitted(), index=pd.MultiIndex.from_arrays([d[".unit"], d["trait"]]))
+    fitted = fit.fitted()          # indexed by (unit, trait) of the observed responses
+    assert list(fitted.index) == list(zip(d[".unit"], d["trait"].astype(str)))
     for i in range(5):
         for t in ("y1", "y2"):
             if (i, t) in fitted.index:

@@ -156,8 +156,8 @@ def test_fit_cannot_be_changed_through_what_it_hands_out():
     re = fit.random_effects
     re.loc[0, "blup"] = 99.0
     assert fit.random_effects.loc[0, "blup"] != 99.0
-    fit.residuals()[0] = 1e9                        # a copy
-    assert fit.residuals()[0] != 1e9
+    fit.residuals().iloc[0] = 1e9                   # a copy
+    assert fit.residuals().iloc[0] != 1e9
     with pytest.raises(AttributeError):
         fit.loglik = 0.0
 

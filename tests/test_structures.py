@@ -271,9 +271,11 @@ def test_row_permutation_changes_nothing(lme4_fit, name):
     perm = np.random.default_rng(20240401).permutation(len(df))
     refit = mme.fit(ref["formula"], df.iloc[perm], method=ref["method"])
     _assert_same_fit(fit, refit)
-    # fitted values follow their rows
-    np.testing.assert_allclose(refit.fitted(), fit.fitted()[perm], rtol=RTOL_PERMUTED_FITTED,
-                               atol=0)
+    # fitted values follow their rows: a Series indexed by the data's row labels
+    got = refit.fitted()
+    assert list(got.index) == list(df.index[perm])
+    np.testing.assert_allclose(got.loc[fit.fitted().index], fit.fitted(),
+                               rtol=RTOL_PERMUTED_FITTED, atol=0)
 
 
 @pytest.mark.parametrize("name", ["sleepstudy_us", "penicillin"])

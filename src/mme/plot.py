@@ -207,7 +207,7 @@ def _field_coordinates(fit, col, row, site):
         phi = np.reshape(R0, (-1, 3))[k]
     c = data[col].to_numpy(dtype=float)[keep]
     r = data[row].to_numpy(dtype=float)[keep]
-    return c, r, fit.residuals()[keep], phi, (col, row)
+    return c, r, fit.residuals().to_numpy()[keep], phi, (col, row)
 
 
 def field_map(fit, col=None, row=None, site=None, ax=None, cmap="RdBu_r"):

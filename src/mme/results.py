@@ -456,13 +456,26 @@ class Fit:
             return float("nan")
         return -2.0 * self.loglik + np.log(self.nobs) * self.n_params
 
-    def fitted(self) -> np.ndarray:
-        """Xβ̂ + Zû for the rows used in the fit."""
-        return self.fitted_values.copy()
+    def _row_index(self) -> pd.Index:
+        """The index of the rows used in the fit (the data's own labels, rows with
+        missing values dropped); for a ``cbind`` fit (unit, trait) of the observed
+        responses, unit = the wide row's position."""
+        d = self.internals.design.data
+        if ".unit" in d.columns and "trait" in d.columns and len(d) == self.nobs:
+            return pd.MultiIndex.from_arrays([d[".unit"].to_numpy(), d["trait"].astype(str)],
+                                             names=["unit", "trait"])
+        if len(d) == len(self.fitted_values):
+            return d.index.copy()
+        return pd.RangeIndex(len(self.fitted_values))
 
-    def residuals(self) -> np.ndarray:
-        """y − Xβ̂ − Zû for the rows used in the fit."""
-        return self.residual_values.copy()
+    def fitted(self) -> pd.Series:
+        """Xβ̂ + Zû for the rows used in the fit, indexed like the data (R's ``fitted``)."""
+        return pd.Series(self.fitted_values.copy(), index=self._row_index(), name="fitted")
+
+    def residuals(self) -> pd.Series:
+        """y − Xβ̂ − Zû for the rows used in the fit, indexed like the data (R's
+        ``residuals``, type "response")."""
+        return pd.Series(self.residual_values.copy(), index=self._row_index(), name="residuals")
 
     # -- inference (implemented in their own modules) -------------------------
     def emmeans(self, specs, by=None, at=None, df_method="kenward-roger", level=0.95,
@@ -478,15 +491,23 @@ class Fit:
         from .inference.anova import anova
         return anova(self, df_method=df_method)
 
-    def confint(self, level=0.95, df_method="satterthwaite"):
-        """Wald confidence intervals; see :func:`mme.inference.anova.confint`."""
-        from .inference.anova import confint
-        return confint(self, level=level, df_method=df_method)
+    def confint(self, parm=None, level=0.95, method="profile", nsim=500, seed=None,
+                df_method=None, tidy=False):
+        """Confidence intervals as lme4's ``confint(merMod)``: ``method="profile"``
+        (default; the ML deviance's profile), ``"Wald"`` or ``"boot"`` (parametric
+        bootstrap, ``nsim`` replicates, ``seed``). Rows ``sd_(Intercept)|rep``, ``cor_…``,
+        ``sigma``, then the fixed effects; columns ``"2.5 %"``, ``"97.5 %"`` (``tidy=True``:
+        ``estimate, lower, upper``). See :func:`mme.inference.confint.confint`."""
+        from .inference.confint import confint
+        return confint(self, parm=parm, level=level, method=method, nsim=nsim, seed=seed,
+                       df_method=df_method, tidy=tidy)
 
-    def predict(self, newdata=None, include_random=True):
-        """Predictions for new data; see :func:`mme.inference.predict.predict`."""
+    def predict(self, newdata=None, include_random=True, interval=None, level=0.95):
+        """Predictions for new data, with ``interval="confidence"`` or ``"prediction"`` a
+        DataFrame ``fit, se_fit, lwr, upr``; see :func:`mme.inference.predict.predict`."""
         from .inference.predict import predict
-        return predict(self, newdata, include_random=include_random)
+        return predict(self, newdata, include_random=include_random, interval=interval,
+                       level=level)
 
     def marginal_covariance(self, rows=None, force=False):
         """V = ZGZ' + R for chosen rows, sparse; see :func:`mme.inference.marginal.marginal_covariance`."""
@@ -520,42 +541,12 @@ class Fit:
         return [f"{kind} fit by {what} (mme, Henderson's MME + AI-REML)"]
 
     def summary(self) -> str:
-        """An lme4-like printed summary (returned as a string)."""
-        lines = self._heading()
-        lines.append(f"Formula: {self.formula}")
-        lines.append("")
-        crit = pd.DataFrame({"AIC": [self.aic], "BIC": [self.bic], "logLik": [self.loglik]})
-        lines.append(crit.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-        state = "converged" if self.converged else "NOT converged"
-        if not self.estimated:
-            lines.append("variances given (BLUP at known variances, no REML)")
-        elif self.estimation == "least squares":
-            lines.append("closed form (no iterations)")
-        else:
-            lines.append(f"{state} in {self.n_iter} iterations" + (
-                "; boundary (singular) fit" if self.singular else ""))
-        lines.append("")
-        lines.append("Variance components:")
-        vc = self._vc_table.copy()
-        # lme4's VarCorr: the SD of each variance, the correlation of each covariance
-        sd = {(r.group, r.term1): np.sqrt(abs(r.estimate))
-              for r in vc.itertuples() if r.term2 == ""}
-        vc["std_dev"] = [np.sqrt(abs(r.estimate)) if r.term2 == "" else np.nan
-                         for r in vc.itertuples()]
-        vc["corr"] = [r.estimate / (sd[(r.group, r.term1)] * sd[(r.group, r.term2)])
-                      if r.term2 != "" and (r.group, r.term1) in sd and (r.group, r.term2) in sd
-                      and sd[(r.group, r.term1)] * sd[(r.group, r.term2)] > 0 else np.nan
-                      for r in vc.itertuples()]
-        lines.append(vc.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
-        ngr = ", ".join(f"{g}, {n}" for g, n in
-                        dict((b.group, len(b.levels)) for b in self.blocks).items())
-        lines.append(f"Number of obs: {self.nobs}" + (f"; groups: {ngr}" if ngr else ""))
-        lines.append("")
-        lines.append(f"Fixed effects (df: {self.df_method}):")
-        lines.append(self.fixed_effects.to_string(float_format=lambda v: f"{v:.6g}"))
-        if self.aliased:
-            lines.append(f"Not estimable (aliased): {', '.join(self.aliased)}")
-        return "\n".join(lines)
+        """lme4's ``summary(lmer)`` as lmerTest prints it (scaled residuals, random effects
+        with variances, SDs and correlations, fixed effects with df and p-values, their
+        correlations; R's number formatting), returned as a string; see
+        :mod:`mme.inference.summary`."""
+        from .inference.summary import summary_text
+        return summary_text(self)
 
     def methods_text(self) -> str:
         """The Materials-and-Methods paragraph of this fit (Markdown): the model in words

@@ -37,6 +37,9 @@ from .system import csc_slots
 #: lme4's bobyqa stops at 2e-7 on the deviance; 1e-7 on λ reaches the same logLik
 #: to well below 1e-6 on the reference cases.
 FINAL_RADIUS = 1e-7
+#: C*(λ) is kept as a polynomial in λ (``RelativeFactorForm._expansion``) when its
+#: 1 + m + m(m+1)/2 value vectors (m = len(λ)) hold at most this many numbers
+EXPANSION_MAX_VALUES = 2e7
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ class RelativeFactorForm:
         self.kslots = csc_slots(C, np.concatenate(k_rows + [np.zeros(0, np.int64)]),
                                 np.concatenate(k_cols + [np.zeros(0, np.int64)]))
         self.kvals = np.concatenate(k_vals + [np.zeros(0)])
+        self.kslots_unique, inv = np.unique(self.kslots, return_inverse=True)
+        self.kvals_summed = np.bincount(inv.ravel(), weights=self.kvals,
+                                        minlength=self.kslots_unique.shape[0])
 
     # -- parameters ----------------------------------------------------------
     def lambdas(self, lam: np.ndarray) -> list:
@@ -132,19 +138,84 @@ class RelativeFactorForm:
         return Bounds(lb, np.full(lb.shape, np.inf))
 
     # -- the criterion -------------------------------------------------------
+    def _expansion(self):
+        """C*'s values and rhs* as polynomials in λ, or None when too large to keep.
+
+        T(λ) = T₀ + Σₑ λₑTₑ, so T'AT = T₀'AT₀ + Σₑ λₑ(Tₑ'AT₀ + T₀'ATₑ)
+        + Σ_{e≤f} λₑλ_f (Tₑ'AT_f + T_f'ATₑ, once for e = f): one vector of C's slot values
+        per term, formed once; each λ then costs a few axpys instead of sparse products.
+        """
+        if not hasattr(self, "_exp"):
+            self._exp = None
+            m = sum(self.sizes)
+            nq = m * (m + 1) // 2
+            if (1 + m + nq) * self.C.nnz <= EXPANSION_MAX_VALUES:
+                C = self.C
+
+                def slot_values(M):
+                    M = sp.tril(M).tocoo()
+                    pos = csc_slots(C, M.row.astype(np.int64), M.col.astype(np.int64))
+                    if (pos < 0).any():
+                        raise ValueError("outside the pattern")
+                    v = np.zeros(C.nnz)
+                    np.add.at(v, pos, M.data)
+                    return v
+
+                A = self.WtW
+                T0 = self._T(np.zeros(m))
+                Ts = [self._T(np.eye(m)[e]) - T0 for e in range(m)]
+                try:
+                    c0 = slot_values(T0.T @ A @ T0)
+                    lin = np.array([slot_values(Te.T @ A @ T0 + T0.T @ A @ Te) for Te in Ts])
+                    pairs = [(e, f) for e in range(m) for f in range(e, m)]
+                    quad = np.array([slot_values(Ts[e].T @ A @ Ts[f] if e == f else
+                                                 Ts[e].T @ A @ Ts[f] + Ts[f].T @ A @ Ts[e])
+                                     for e, f in pairs])
+                except ValueError:
+                    return None
+                c0[self.kslots_unique] += self.kvals_summed
+                self._exp_T = (T0, Ts)
+                self._exp = [c0, lin.reshape(m, C.nnz), quad.reshape(len(pairs), C.nnz),
+                             np.array(pairs, dtype=np.int64).reshape(-1, 2), None, None]
+                self._expand_rhs()
+        return self._exp
+
+    def _expand_rhs(self) -> None:
+        T0, Ts = self._exp_T
+        self._exp[4] = T0.T @ self.Wty
+        self._exp[5] = np.array([Te.T @ self.Wty for Te in Ts]).reshape(len(Ts), -1)
+
+    def set_response(self) -> None:
+        """Re-read W'y and y'y from the MME after ``MME.set_response`` (C* does not
+        depend on y: its pattern, analysis and expansion stay)."""
+        mme = self.model.mme
+        self.Wty, self.yty = mme.Wty, mme.yty
+        if getattr(self, "_exp", None) is not None:
+            self._expand_rhs()
+
     def _solve(self, lam: np.ndarray) -> tuple:
         """Factorize C*(λ): (log|C*|, pwrss, ŝ)."""
-        T = self._T(np.asarray(lam, float))
-        P = sp.tril(T.T @ self.WtW @ T).tocoo()
-        data = np.zeros_like(self.C.data)
-        np.add.at(data, csc_slots(self.C, P.row.astype(np.int64), P.col.astype(np.int64)), P.data)
-        np.add.at(data, self.kslots, self.kvals)
+        lam = np.asarray(lam, float)
+        exp = self._expansion()
+        if exp is not None:
+            c0, lin, quad, pairs, r0, rlin = exp
+            data = c0 + lam @ lin
+            if len(pairs):
+                data += (lam[pairs[:, 0]] * lam[pairs[:, 1]]) @ quad
+            rhs = r0 + lam @ rlin
+        else:
+            T = self._T(lam)
+            P = sp.tril(T.T @ self.WtW @ T).tocoo()
+            data = np.zeros_like(self.C.data)
+            np.add.at(data, csc_slots(self.C, P.row.astype(np.int64), P.col.astype(np.int64)),
+                      P.data)
+            np.add.at(data, self.kslots, self.kvals)
+            rhs = T.T @ self.Wty
         self.C.data[:] = data
         if self.factor is None:
             self.factor = Cholesky(self.C, self.model.mme.ordering)
         self.factor.factorize(self.C)
         self.n_eval += 1
-        rhs = T.T @ self.Wty
         sol = self.factor.solve(rhs)
         pwrss = max(self.yty - float(sol @ rhs), 1e-300)
         return self.factor.logdet(), pwrss, sol
@@ -173,6 +244,18 @@ class RelativeFactorForm:
         """−2ℓ at (λ, σ²ₑ), σ²ₑ not profiled (for the Hessian in φ = (λ, σ²ₑ))."""
         logdet, pwrss, _ = self._solve(lam)
         return self._m2ll(logdet, pwrss, s2e)
+
+    def ml_parts(self, lam: np.ndarray) -> tuple:
+        """(ldL2, pwrss, β̂, (C*⁻¹)ₓₓ) at λ for ML, so that with σ²ₑ given
+        −2ℓ_ML = ldL2 + n log(2πσ²ₑ) + pwrss/σ²ₑ (lme4's ``devfun2``); with β_j held at b
+        instead of β̂_j, pwrss grows by (b − β̂_j)² / [(C*⁻¹)ₓₓ]_jj (the profile of a
+        fixed effect, ``inference.profile``). ldL2 = log|C*ᵤᵤ| + Σ d log|K| − log|W|."""
+        logdet, pwrss, sol = self._solve(lam)
+        cxx = self._cinv_xx() if self.p else np.zeros((0, 0))
+        ld = logdet + self.logdet_K - self.model.mme.residual.logdet_weights
+        if self.p:
+            ld += np.linalg.slogdet(cxx)[1]
+        return float(ld), pwrss, sol[:self.p].copy(), cxx
 
     def vcov_beta(self, lam: np.ndarray, s2e: float) -> np.ndarray:
         """Var(β̂) = σ²ₑ (C*⁻¹)ₓₓ at (λ, σ²ₑ)."""

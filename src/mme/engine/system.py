@@ -22,6 +22,8 @@ order), then σ²ₑ; ``split`` and ``theta_of`` convert.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 from functools import cached_property
 
 import numpy as np
@@ -209,6 +211,41 @@ class MME:
         """θ from G₀ per block and R₀ (a t × t matrix, or σ²ₑ; the inverse of ``split``)."""
         return np.concatenate([s.theta_of(G) for s, G in zip(self.structures, G0s)]
                               + [self.residual.theta_of(np.atleast_2d(np.asarray(R0, float)))])
+
+    def with_response(self, y: np.ndarray) -> "MME":
+        """A copy of these MME for another response vector y (same X, Z, K, weights):
+        C's pattern and slot maps are shared, C's values and the CHOLMOD factor are the
+        copy's own (analysed on its first factorization). Refitting simulated responses
+        (``inference.bootstrap``) calls ``set_response`` on one copy, so the analysis is
+        done once for all of them. Scalar residuals only (σ²ₑ I, prior weights)."""
+        if not self.residual.is_scalar or self.n_aug:
+            raise InternalError("with_response needs a scalar residual without missing plots")
+        new = copy.copy(self)
+        new.C = self.C.copy()
+        new.factor = None
+        new.theta = None
+        new.released = False
+        new.n_analyze = new.n_factorize = 0
+        new._supernodes = None
+        new._pattern_in_L = None
+        new.__dict__.pop("pattern_rows", None)
+        new.__dict__.pop("pattern_cols", None)
+        new.set_response(y)
+        return new
+
+    def set_response(self, y: np.ndarray) -> None:
+        """Rewrite the response (ỹ, W̃'ỹ, ỹ'ỹ) in place; C and its factor do not
+        depend on y and stay valid."""
+        y = np.asarray(y, dtype=float)
+        if y.shape != (self.n,):
+            raise InternalError(f"a response of {self.n} values expected, got {y.shape}")
+        self.design = dataclasses.replace(self.design, y=y)
+        sw = self.residual.sqrt_weights
+        self.y = y if sw is None else y * sw
+        self.Wty = np.asarray(self.W.T @ self.y).ravel()
+        self.yty = float(self.y @ self.y)
+        self.Wty_cells = self.Wty[:, None]
+        self.yty_cells = np.array([self.yty])
 
     # -- values and factor state ---------------------------------------------
     def ensure(self, theta: np.ndarray) -> None:

@@ -1,6 +1,6 @@
-"""Wald inference for fixed effects: type-III F tests per term (as ``lmerTest::anova``),
-confidence intervals (``confint``), and the dispatch of the denominator-df methods
-shared with ``emmeans``.
+"""Wald inference for fixed effects: type-III F tests per term (as ``lmerTest::anova``)
+and the dispatch of the denominator-df methods shared with ``emmeans`` and ``confint``
+(``inference.confint``: its Wald intervals with ``df_method``).
 
 df methods (``df_method``):
 
@@ -36,7 +36,7 @@ from ..model.rsyntax import r_term_name
 from .kenward_roger import DfMethodError, check_kenward_roger, kenward_roger
 from .satterthwaite import contrast_eigen, satterthwaite_df, satterthwaite_F_df
 
-__all__ = ["anova", "confint", "type3_contrasts", "type1_contrasts", "doolittle",
+__all__ = ["anova", "type3_contrasts", "type1_contrasts", "doolittle",
            "DfMethodError"]
 
 _ALIASES = {
@@ -323,50 +323,5 @@ def anova(fit, df_method: str = "satterthwaite") -> pd.DataFrame:
     label = {"satterthwaite": "Satterthwaite's", "kenward-roger": "Kenward-Roger's",
              "residual": "residual", "asymptotic": "asymptotic (chi-square)"}[method]
     out.attrs["heading"] = f"Type III Analysis of Variance Table with {label} method"
-    out.attrs["df_method"] = method
-    return out
-
-
-def confint(fit, level: float = 0.95, df_method: str = "satterthwaite") -> pd.DataFrame:
-    """Wald confidence intervals.
-
-    Fixed effects: β̂ ± t(df) · SE with the chosen df method (Kenward–Roger uses the
-    adjusted SE). Variance parameters: θ̂ ± z · SE with SE = sqrt(diag(AI⁻¹)) at the
-    estimate (Wald, symmetric; the bounds are not truncated at zero).
-
-    Returns
-    -------
-    DataFrame with columns ``estimate, lower, upper``; index: the fixed-effect names,
-    then ``var(group term)``, ``cov(group term1, term2)`` and ``var(Residual)``.
-    """
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-    method = resolve_df_method(fit, df_method)
-    p = len(fit.beta)
-    a = 0.5 * (1.0 + level)
-    frames = []
-    if p:
-        est, se, df = wald(fit, np.eye(p), method)
-        crit = np.where(np.isfinite(df), stats.t.ppf(a, np.where(np.isfinite(df), df, 1.0)),
-                        stats.norm.ppf(a))
-        frames.append(pd.DataFrame({"estimate": est, "lower": est - crit * se,
-                                    "upper": est + crit * se}, index=list(fit.fixed_names)))
-    vc = fit.variance_components
-    z = stats.norm.ppf(a)
-    names = []
-    for r in vc.itertuples():
-        if r.group == "Residual":
-            names.append("var(Residual)")
-        elif r.term2 == "":
-            names.append(f"var({r.group} {r.term1})")
-        else:
-            names.append(f"cov({r.group} {r.term1}, {r.term2})")
-    se = vc["std_error"].to_numpy(float)
-    est = vc["estimate"].to_numpy(float)
-    frames.append(pd.DataFrame({"estimate": est, "lower": est - z * se, "upper": est + z * se},
-                               index=names))
-    out = pd.concat(frames)
-    out.index.name = "parameter"
-    out.attrs["level"] = level
     out.attrs["df_method"] = method
     return out

@@ -11,6 +11,21 @@ levels that concerns.
 
 Rows with a missing value in a column the prediction needs get NaN (R's
 ``na.action = na.pass``).
+
+Intervals (``interval=``), at the estimated variances (their own uncertainty is not
+propagated, as in lme4 users' usual recipes and in ``predict.lm``):
+
+- ``include_random=True``, ``"confidence"``: for the conditional mean x'β + z'u of the
+  row. se² = w'C⁻¹w with w = [x; z] — Henderson's C⁻¹ is the covariance of the
+  prediction errors (β̂ − β, û − u), so β̂'s uncertainty and û's shrinkage both count;
+  a level unseen in the fit (û = 0) adds its prior variance z'G₀z.
+- ``include_random=False``, ``"confidence"``: for x'β; se² = x' Var(β̂) x.
+- ``"prediction"``: for a new observation of the row, adding σ²ₑ (and, with
+  ``include_random=False``, z'G₀z of every random term: an observation from a new
+  group). Needs σ²ₑ I residuals (prior weights: the new row has weight 1).
+- quantiles: t(n − p) for a model without random terms — exactly R's
+  ``predict.lm(interval=)`` — and the normal otherwise (df of a prediction from a
+  mixed model are not defined; lme4 itself gives no intervals).
 """
 from __future__ import annotations
 
@@ -30,7 +45,14 @@ from ..model.ids import normalize_ids
 _SHOW = 5
 
 
-def predict(fit, newdata: pd.DataFrame | None = None, include_random: bool = True) -> pd.Series:
+#: new rows per block of solves with the MME's factor (dim × this dense right-hand sides)
+SOLVE_CHUNK = 256
+#: the intervals ``predict`` gives
+INTERVALS = ("confidence", "prediction")
+
+
+def predict(fit, newdata: pd.DataFrame | None = None, include_random: bool = True,
+            interval: str | None = None, level: float = 0.95):
     """Predicted values X β̂ (+ Z û) for new rows.
 
     Parameters
@@ -42,11 +64,18 @@ def predict(fit, newdata: pd.DataFrame | None = None, include_random: bool = Tru
         None gives the fitted values (X β̂ + Z û, or X β̂) of the rows used in the fit.
     include_random : bool
         True: conditional predictions X β̂ + Σₖ Zₖ ûₖ. False: population-level X β̂.
+    interval : None, "confidence" or "prediction"
+        Add a standard error and limits (see the module docstring of what they cover).
+    level : float
+        Confidence level of the limits.
 
     Returns
     -------
     pandas.Series (float), indexed like ``newdata`` (like the fitted rows when
-    ``newdata`` is None), named ``"predicted"``.
+    ``newdata`` is None), named ``"predicted"``; with ``interval``, a DataFrame with
+    R's columns ``fit, lwr, upr`` and ``se_fit`` (``predict.lm``'s ``se.fit``: the SE of
+    the fitted value), and for prediction intervals ``se_pred`` = √(se_fit² + the new
+    observation's variance), the half-width's scale.
 
     Raises
     ------
@@ -63,8 +92,10 @@ def predict(fit, newdata: pd.DataFrame | None = None, include_random: bool = Tru
     if not isinstance(include_random, (bool, np.bool_)):
         raise OptionError(f"include_random must be True or False, got {include_random!r}")
     design = fit.internals.design
+    if interval is not None:
+        return _predict_interval(fit, newdata, include_random, interval, level)
     if newdata is None:
-        values = fit.fitted() if include_random else _xbeta(fit, design.X)
+        values = fit.fitted().to_numpy() if include_random else _xbeta(fit, design.X)
         return pd.Series(values, index=design.data.index, name="predicted")
     if not isinstance(newdata, pd.DataFrame):
         raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
@@ -313,3 +344,102 @@ def _random_part(design, term, block, rows: pd.DataFrame) -> np.ndarray:
             UserWarning, stacklevel=4)
     U = block.blup[:, np.where(new, 0, codes)]          # d × n_new
     return np.where(new, 0.0, np.einsum("ij,ji->i", T, U))
+
+
+# -- intervals -------------------------------------------------------------------
+def _predict_interval(fit, newdata, include_random: bool, interval: str,
+                      level: float) -> pd.DataFrame:
+    """``fit, se_fit, lwr, upr`` of ``predict(..., interval=)``; see the module docstring."""
+    from scipy import stats
+    if interval not in INTERVALS:
+        raise OptionError(f"interval must be None, 'confidence' or 'prediction', "
+                          f"got {interval!r}")
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) \
+            or not 0 < level < 1:
+        raise OptionError(f"level must be a number in (0, 1), got {level!r}")
+    mme = fit.internals.mme
+    design = fit.internals.design
+    mf = parse_formula(fit.formula)
+    if mf.multi_response:
+        raise OptionError("predict(interval=) is not available for cbind() (multi-response) "
+                          "fits")
+    if len(mf.random) != len(fit.blocks):
+        raise OptionError("predict(interval=) is not available for fits with covary= blocks")
+    if interval == "prediction" and not mme.residual.is_scalar:
+        raise OptionError(f"interval='prediction' needs σ²ₑ I residuals; this fit's residual "
+                          f"is structured ({mme.residual.kind!r}), so a new row's residual "
+                          "variance is not defined: use interval='confidence'")
+    frame = design.data if newdata is None else newdata
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"newdata must be a pandas DataFrame, got {type(frame).__name__}")
+    terms = mf.random if (include_random or interval == "prediction") else ()
+    needed = _needed_columns(design.fixed_spec, terms)
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise DataError(f"newdata lacks column(s) {missing} needed for {interval} intervals "
+                        f"from '{fit.formula}' (it has: {list(frame.columns)[:20]})")
+    frame = _coerce_fixed_factors(design.fixed_spec, frame)
+    complete = (~frame[needed].isna().any(axis=1).to_numpy() if needed
+                else np.ones(len(frame), bool))
+    rows = frame.loc[complete] if not complete.all() else frame
+    fitv = np.full(len(frame), np.nan)
+    se = np.full(len(frame), np.nan)
+    new_var = np.full(len(frame), np.nan)
+    if len(rows):
+        fitv[complete], se[complete], new_var[complete] = _mean_and_se(
+            fit, design, mme, mf, rows, include_random, interval)
+    fixed_only = not mme.structures and mme.residual.is_scalar
+    a = 0.5 * (1.0 + level)
+    q = stats.t.ppf(a, fit.nobs - len(fit.beta)) if fixed_only else stats.norm.ppf(a)
+    cols = {"fit": fitv, "se_fit": se}
+    width = se
+    if interval == "prediction":
+        width = cols["se_pred"] = np.sqrt(se ** 2 + new_var)
+    cols.update(lwr=fitv - q * width, upr=fitv + q * width)
+    out = pd.DataFrame(cols, index=frame.index)
+    out.attrs.update(interval=interval, level=float(level), include_random=include_random,
+                     quantile="t" if fixed_only else "normal")
+    return out
+
+
+def _mean_and_se(fit, design, mme, mf, rows, include_random: bool, interval: str) -> tuple:
+    X = _fixed_matrix(design, rows)
+    m = X.shape[0]
+    eta = _xbeta(fit, X)
+    G0s, R0 = mme.split(np.asarray(fit.internals.theta_reported, float))
+    extra = np.zeros(m)
+    pairs = list(zip(_term_blocks(fit, mf.random), mme.structures, G0s)) if (
+        include_random or interval == "prediction") else []
+    if include_random:
+        r_idx, c_idx, vals = [X.tocoo().row], [X.tocoo().col], [X.tocoo().data]
+        for (term, block), s, G0 in pairs:
+            eta += _random_part(design, term, block, rows)
+            T, _ = _term_matrix(design, term, rows)
+            codes = _level_codes(block, rows, term.factors)
+            seen = codes >= 0
+            for a in range(s.d):
+                r_idx.append(np.flatnonzero(seen))
+                c_idx.append(s.offset + a * s.L + codes[seen])
+                vals.append(T[seen, a])
+            Tn = T[~seen]
+            extra[~seen] += np.einsum("ij,jk,ik->i", Tn, G0, Tn)
+        Wn = sp.csc_matrix((np.concatenate(vals), (np.concatenate(r_idx),
+                                                   np.concatenate(c_idx))), shape=(m, mme.dim))
+        fac = fit.internals.factor_at_estimate()
+        var = np.empty(m)
+        for i in range(0, m, SOLVE_CHUNK):
+            B = Wn[i:i + SOLVE_CHUNK].T.toarray()
+            var[i:i + SOLVE_CHUNK] = np.sum(B * fac.solve(B), axis=0)
+    else:
+        Xd = X.toarray()
+        var = np.einsum("ij,jk,ik->i", Xd, fit.vcov_beta, Xd)
+    # a new observation of the row: its residual, and at the population level the
+    # effects of every random term as for a new group
+    new_var = np.zeros(m)
+    if interval == "prediction":
+        new_var += float(R0[0, 0])
+        if not include_random:
+            for (term, block), s, G0 in pairs:
+                T, _ = _term_matrix(design, term, rows)
+                new_var += np.einsum("ij,jk,ik->i", T, G0, T)
+    return eta, np.sqrt(np.maximum(var, 0.0) + extra), new_var
