@@ -76,8 +76,12 @@ class Progress:
         self._seconds = []
         self._t0 = time.perf_counter()
         if self.tqdm is not None and not self.quiet and is_terminal(self.stream):
+            # a count, not a percentage: AI-REML stops long before max_iter; the time
+            # left is the decrement's forecast (``time_left``), not tqdm's
             self._bar = self.tqdm(total=max_iter, desc="AI-REML", unit="round",
-                                  file=self.stream, leave=False, dynamic_ncols=True)
+                                  file=self.stream, leave=False, dynamic_ncols=True,
+                                  bar_format="{desc}: round {n_fmt} (at most {total_fmt}), "
+                                             "{elapsed}{postfix}")
 
     def reml_round(self, rec, offset: int = 0) -> None:
         """One AI-REML round (a ``reml.IterationRecord``; ``offset``: rounds of the run
@@ -93,8 +97,9 @@ class Progress:
         self.note(msg)
         if self._bar is not None and not self.quiet:
             self._bar.update(1)
-            self._bar.set_postfix(logLik=f"{rec.loglik:.4f}", change=ch,
-                                  s=f"{rec.seconds:.2f}", left=left or "?")
+            self._bar.set_postfix({"logLik": f"{rec.loglik:.4f}", "change": ch,
+                                   "s": f"{rec.seconds:.2f}",
+                                   "left": (left or "?").removesuffix(" left")})
 
     def time_left(self, decrement: float, iteration: int) -> str | None:
         """Expected rounds and time left: the Newton decrement (the convergence test,
