@@ -6,7 +6,10 @@ numbers written equal ``mme.fit``'s. Between ``build_mme`` and the estimation
 CHOLMOD's symbolic analysis is run once (and kept for the fit) and the memory
 forecast (:mod:`mme.cli.memory`) may refuse the model. With ``checkpoint`` the θ, the
 iteration log and the AI matrix of every REML round are saved, and an
-existing matching checkpoint is resumed (:mod:`mme.cli.checkpoint`).
+existing matching checkpoint is resumed (:mod:`mme.cli.checkpoint`). A ``[genomic]``
+file gives its term a single-step H⁻¹ or GBLUP's G⁻¹ (:mod:`mme.cli.genomic`), passed
+as the ``(levels, K⁻¹)`` pair a Python user would pass. ``threads`` caps every thread
+pool of the run (``mme._threads.thread_limit``).
 """
 from __future__ import annotations
 
