@@ -46,8 +46,11 @@ def _fit_args(out, *extra):
 
 
 def _mme_subprocess_env() -> dict:
-    # the mme this test imported (the installed package in CI, src/ when built in place)
-    return dict(os.environ, PYTHONPATH=str(Path(mme.__file__).resolve().parents[1]))
+    # the mme this test imported (the installed package in CI, src/ when built in place),
+    # ahead of what PYTHONPATH already holds (e.g. a tqdm installed beside)
+    here = str(Path(mme.__file__).resolve().parents[1])
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
 
 
 def _err_line(capsys) -> str:
@@ -283,7 +286,8 @@ def test_run_help_documents_the_keys(capsys):
     out = capsys.readouterr().out
     for key in ("[data]", "files", "factors", "[model]", "formula", "relmat", "variances",
                 "[pedigree]", "missing", "[options]", "max_iter", "ordering", "checkpoint",
-                "memory_limit", "[output]", "folder"):
+                "memory_limit", "threads", "[genomic]", "single-step", "gblup", "blend",
+                "tune", "tau", "omega", "[output]", "folder"):
         assert key in out, key
 
 
@@ -502,32 +506,137 @@ def test_progress_lines_and_tqdm_bar(tmp_path, capsys, monkeypatch):
         assert piece in cap.err, piece
     assert "Variance components:" in cap.out        # the summary on stdout
 
-    class FakeBar:
-        made = []
-
-        def __init__(self, **kw):
-            self.kw, self.n, self.post = kw, 0, None
-            FakeBar.made.append(self)
-
-        def update(self, k):
-            self.n += k
-
-        def set_postfix(self, **kw):
-            self.post = kw
-
-        def close(self):
-            pass
-
-        @staticmethod
-        def write(line, file=None):
-            print(line, file=file)
-
+    # stderr is not a terminal (captured, or a batch job's log file): lines only, no
+    # bar, whether tqdm is installed or not
+    FakeBar.made.clear()
     fake = type(sys)("tqdm")
     fake.tqdm = FakeBar
     monkeypatch.setitem(sys.modules, "tqdm", fake)
     assert main(args) == 0
-    assert FakeBar.made and FakeBar.made[0].n >= 3 and "logLik" in FakeBar.made[0].post
-    assert "REML round" not in capsys.readouterr().err
+    assert not FakeBar.made and "[mme] REML round 3: AI" in capsys.readouterr().err
+    # a terminal: the bar follows the rounds, the lines go above it through tqdm.write
+    monkeypatch.setattr("mme.cli.progress.is_terminal", lambda stream: True)
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    bar = FakeBar.made[0]
+    assert bar.n >= 3 and "logLik" in bar.post and bar.closed
+    assert bar.kw["total"] == 200 and bar.kw["file"] is not None
+    assert "[mme] REML round 3: AI" in err and FakeBar.written == bar.n   # one per round
+    # a terminal without tqdm: the lines
+    FakeBar.made.clear()
+    monkeypatch.setitem(sys.modules, "tqdm", None)          # import tqdm fails
+    assert main(args) == 0
+    assert not FakeBar.made and "[mme] REML round 3: AI" in capsys.readouterr().err
+
+
+class FakeBar:
+    """tqdm's interface as Progress uses it, recording the calls."""
+    made, written = [], 0
+
+    def __init__(self, **kw):
+        self.kw, self.n, self.post, self.closed = kw, 0, None, False
+        FakeBar.made.append(self)
+
+    def update(self, k):
+        self.n += k
+
+    def set_postfix(self, ordered_dict=None, **kw):
+        self.post = dict(ordered_dict or {}, **kw)
+
+    def close(self):
+        self.closed = True
+
+    @staticmethod
+    def write(line, file=None):
+        FakeBar.written += 1
+        print(line, file=file)
+
+
+def test_progress_with_the_real_tqdm_on_a_terminal():
+    """With tqdm installed (a dependency), a terminal gets the bar and every line; a
+    file gets the lines only, no carriage-return redraws. Without tqdm, the lines."""
+    import io
+    from types import SimpleNamespace
+    from mme.cli.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    rec = lambda it: SimpleNamespace(iteration=it, kind="AI", loglik=-10.0 + it,  # noqa: E731
+                                     step=1.0, decrement=10.0 ** -it, seconds=0.5)
+    outputs = {}
+    for name, stream in (("terminal", Terminal()), ("file", io.StringIO())):
+        p = Progress(stream=stream)
+        p.note("reading data")
+        p.reml_start(max_iter=20)
+        for it in (1, 2, 3):
+            p.reml_round(rec(it))
+        p.reml_end()
+        p.note("done")
+        outputs[name] = stream.getvalue()
+        lines = [ln.strip("\r") for ln in outputs[name].replace("\r", "\n").splitlines()]
+        for piece in ("[mme] reading data", "[mme] REML round 1: AI, logLik -9.000000",
+                      "[mme] REML round 3: AI", "[mme] done"):
+            assert any(ln.startswith(piece) for ln in lines), (name, piece)
+    assert "\r" not in outputs["file"]
+    assert outputs["file"].count("\n") == 5
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        assert Progress(stream=Terminal()).tqdm is None and "\r" not in outputs["terminal"]
+    else:                       # the bar drew itself on the terminal (and cleared itself)
+        assert "\r" in outputs["terminal"] and "AI-REML" in outputs["terminal"]
+
+
+# -- threads --------------------------------------------------------------------------------
+#: results with --threads 1 and 2: only the order of BLAS's floating-point sums can
+#: differ (achieved: 0, identical tables on this machine)
+RTOL_THREADS = 1e-12
+
+
+def test_threads_limit_every_pool_and_leave_the_results(tmp_path, monkeypatch, capsys):
+    from threadpoolctl import threadpool_info
+    from mme import fitting
+    from mme._threads import available_cores
+    before = {d["filepath"]: d["num_threads"] for d in threadpool_info()}
+    seen = {}
+    estimate = fitting.estimate
+
+    def spy(*a, **kw):          # the pools while the fit runs
+        seen[len(seen)] = (threadpool_info(), available_cores())
+        return estimate(*a, **kw)
+
+    monkeypatch.setattr(fitting, "estimate", spy)
+    assert main(_fit_args(tmp_path / "t1", "--threads", "1")) == 0
+    pools, cores = seen[0]
+    assert cores == 1 and pools and all(d["num_threads"] == 1 for d in pools), pools
+    assert "threads: at most 1 in every pool" in (tmp_path / "t1" / "mme.log").read_text()
+    # restored after the run
+    assert {d["filepath"]: d["num_threads"] for d in threadpool_info()} == before
+    # [options] threads = 2 in a parameter file
+    toml = tmp_path / "model.toml"
+    toml.write_text(TOML.read_text().replace("../../../src", str(ROOT / "src"))
+                    .replace('ordering = "auto"', 'ordering = "auto"\nthreads = 2'))
+    assert main(["run", str(toml), "--out", str(tmp_path / "t2"), "--quiet"]) == 0
+    pools, cores = seen[1]
+    assert cores == min(2, len(os.sched_getaffinity(0)))
+    system = [d for d in pools if d["user_api"] == "blas"
+              and not any(k in d["filepath"] for k in ("numpy", "scipy"))]
+    assert all(d["num_threads"] == 2 for d in system) and \
+        all(d["num_threads"] <= 2 for d in pools), pools
+    assert "threads: at most 2 in every pool" in (tmp_path / "t2" / "mme.log").read_text()
+    for name in ("fixed_effects.csv", "variance_components.csv", "iteration_log.csv"):
+        a, b = pd.read_csv(tmp_path / "t1" / name), pd.read_csv(tmp_path / "t2" / name)
+        for c in a.select_dtypes("number").columns.drop("seconds", errors="ignore"):
+            np.testing.assert_allclose(b[c], a[c], rtol=RTOL_THREADS, err_msg=f"{name} {c}")
+    r1 = pd.read_csv(tmp_path / "t1" / "random_effects.csv")
+    r2 = pd.read_csv(tmp_path / "t2" / "random_effects.csv")
+    for c in ("blup", "pev", "reliability"):
+        np.testing.assert_allclose(r2[c], r1[c], rtol=RTOL_THREADS,
+                                   atol=RTOL_THREADS * np.abs(r1[c]).max(), err_msg=c)
+    assert main(_fit_args(tmp_path, "--threads", "0")) == 1
+    assert "--threads must be a whole number of at least 1, got 0" in _err_line(capsys)
 
 
 # -- pedigree commands -------------------------------------------------------------------

@@ -13,13 +13,18 @@ A large supernodal selected inverse is the exception: it runs for seconds to
 minutes while CHOLMOD's pool sleeps, so ``all_cores_for_large`` gives the bundled
 pools every core for that one call when L is big enough for threads to pay
 (``MME.selected_inverse``).
+
+``thread_limit(n)`` (the command line's ``threads``) caps the whole run at ``n``
+threads: every pool threadpoolctl finds (the system BLAS, the bundled ones, OpenMP)
+is set to ``n`` for the block, and ``available_cores`` answers at most ``n`` so that
+the policies above stay inside the cap.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 
-from threadpoolctl import ThreadpoolController
+from threadpoolctl import ThreadpoolController, threadpool_limits
 
 #: Substrings of the wheel-bundled OpenBLAS builds of NumPy and SciPy.
 _BUNDLED = ("scipy_openblas", "numpy.libs", "scipy.libs")
@@ -35,12 +40,35 @@ def _pools():
     return bundled, system
 
 
+#: the cap of ``thread_limit`` (None: no cap)
+_CAP = None
+
+
 def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity): the one home of the core count."""
+    """Cores this process may run on (its CPU affinity, at most the cap of
+    ``thread_limit``): the one home of the core count."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:       # not Linux
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    return n if _CAP is None else max(1, min(n, _CAP))
+
+
+@contextlib.contextmanager
+def thread_limit(n: int | None):
+    """Run the block with every thread pool (BLAS and OpenMP) at ``n`` threads and
+    ``available_cores()`` at most ``n`` (None: as is)."""
+    global _CAP
+    if n is None:
+        yield
+        return
+    saved = _CAP
+    with threadpool_limits(limits=int(n)):
+        _CAP = int(n)
+        try:
+            yield
+        finally:
+            _CAP = saved
 
 
 @contextlib.contextmanager

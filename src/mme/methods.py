@@ -16,7 +16,8 @@ the BLAS libraries loaded, via threadpoolctl). References are listed as they app
 
 ``info`` adds what only a run knows (the command line passes it): rows read, the
 pedigree's founders and generations, the weights column's name, rounds taken before
-a checkpoint was resumed.
+a checkpoint was resumed, the genomic term (G's method, genotyped animals and
+markers, tuning and blending, the single-step H⁻¹ or GBLUP's G⁻¹).
 """
 from __future__ import annotations
 
@@ -59,6 +60,20 @@ REFS = {
                   "Software 82(13):1-26.",
     "kr": "Kenward, M. G. & Roger, J. H. (1997). Small sample inference for fixed effects "
           "from restricted maximum likelihood. Biometrics 53:983-997.",
+    "vanraden08": "VanRaden, P. M. (2008). Efficient methods to compute genomic predictions. "
+                  "Journal of Dairy Science 91:4414-4423.",
+    "legarra09": "Legarra, A., Aguilar, I. & Misztal, I. (2009). A relationship matrix "
+                 "including full pedigree and genomic information. Journal of Dairy Science "
+                 "92:4656-4663.",
+    "aguilar10": "Aguilar, I., Misztal, I., Johnson, D. L., Legarra, A., Tsuruta, S. & "
+                 "Lawlor, T. J. (2010). Hot topic: A unified approach to utilize phenotypic, "
+                 "full pedigree, and genomic information for genetic evaluation of Holstein "
+                 "final score. Journal of Dairy Science 93:743-752.",
+    "christensen10": "Christensen, O. F. & Lund, M. S. (2010). Genomic prediction when some "
+                     "animals are not genotyped. Genetics Selection Evolution 42:2.",
+    "chen11": "Chen, C. Y., Misztal, I., Aguilar, I., Legarra, A. & Muir, W. M. (2011). "
+              "Effect of different genomic relationship matrices on accuracy and scale. "
+              "Journal of Animal Science 89:2673-2679.",
     "takahashi": "Takahashi, K., Fagan, J. & Chen, M.-S. (1973). Formation of a sparse bus "
                  "impedance matrix and its application to short circuit study. 8th PICA "
                  "Conference Proceedings, 63-69.",
@@ -219,6 +234,7 @@ def _random_words(fit, info: dict, refs: list) -> tuple:
     groups = {t.group for t in parse_formula(fit.formula).random}
     blocks = fit.internals.design.blocks
     covary = info.get("covary") or {}
+    genomic = info.get("genomic")
     out, ped = [], None
     for b in blocks:
         n = len(b.levels)
@@ -234,6 +250,8 @@ def _random_words(fit, info: dict, refs: list) -> tuple:
             what = f"random effects of {', '.join(terms)} within {b.group} ({n:,} levels)"
         if b.k_is_identity:
             K = "I"
+        elif genomic and genomic.get("term") == b.group:
+            K = "H" if genomic["model"] == "single-step" else "G"
         elif b.Kdiag is not None:
             K = "A"
             ped = ped or _pedigree_from_block(b)
@@ -252,6 +270,10 @@ def _random_words(fit, info: dict, refs: list) -> tuple:
             cov = f"covariance σ²_{b.group} {K}"
         if K == "K":
             cov += " (K the relationship matrix supplied through its inverse)"
+        elif K == "H":
+            cov += " (H the single-step relationship matrix of pedigree and genotypes)"
+        elif K == "G":
+            cov += " (G the genomic relationship matrix)"
         out.append(f"{what} with {cov}")
     return out, ped
 
@@ -295,6 +317,47 @@ def _residual_words(fit, info: dict, refs: list) -> str:
     return text + "."
 
 
+def _genomic_words(g: dict, refs: list) -> str:
+    """The sentences on G and the single-step H⁻¹ (``info["genomic"]``: model, term,
+    n_genotyped, n_markers, blend, blend_with, tune, tau, omega)."""
+    refs.append("vanraden08")
+    n, m = g["n_genotyped"], g["n_markers"]
+    text = (f"G is the genomic relationship matrix of the {n:,} genotyped animals, computed "
+            f"from {m:,} markers coded 0/1/2 by VanRaden's (2008) method 1 (G = ZZ′/2Σpₖ(1 − "
+            "pₖ), Z the genotypes centred by twice the allele frequencies p estimated from "
+            "them)")
+    steps = []
+    if g.get("tune"):
+        how = ("the averages of its diagonal and of its off-diagonal elements equal to "
+               "those of A₂₂" if g["tune"] == "diag-offdiag" else
+               "the average of its elements equal to that of A₂₂")
+        steps.append(f"tuned to the pedigree relationships A₂₂ of the genotyped animals "
+                     f"({how}; Chen et al. 2011)")
+        if g["tune"] == "diag-offdiag":
+            refs.append("chen11")
+    if g.get("blend"):
+        w = g["blend"]
+        other = "A₂₂" if g.get("blend_with") == "A22" else "I"
+        steps.append(f"blended as G ← {1 - w:g} G + {w:g} {other}")
+    if steps:
+        text += ", " + " and then ".join(steps)
+    text += ". "
+    if g["model"] == "single-step":
+        tau, omega = g.get("tau", 1.0), g.get("omega", 1.0)
+        scaled = (tau, omega) != (1.0, 1.0)
+        text += ("The single-step relationship matrix H (Legarra, Aguilar & Misztal 2009) "
+                 "combines A and G; its inverse was built directly as H⁻¹ = A⁻¹ + "
+                 + ("[0 0; 0 τG⁻¹ − ωA₂₂⁻¹]" if scaled else "[0 0; 0 G⁻¹ − A₂₂⁻¹]")
+                 + " (Aguilar et al. 2010; Christensen & Lund 2010), the block on the "
+                 "genotyped animals"
+                 + (f", with τ = {tau:g} and ω = {omega:g}" if scaled else "") + ". ")
+        refs += ["legarra09", "aguilar10", "christensen10"]
+    else:
+        text += ("Its inverse was computed by a dense Cholesky factorization (GBLUP, "
+                 "genotyped animals only). ")
+    return text
+
+
 # -- the paragraph ---------------------------------------------------------------------
 def methods_text(fit, info: dict | None = None) -> str:
     """The Materials-and-Methods section (Markdown) for ``fit``.
@@ -302,7 +365,9 @@ def methods_text(fit, info: dict | None = None) -> str:
     ``info`` (optional) adds what a run knows beyond the fit: ``rows_read``,
     ``pedigree`` (``pedigree_facts`` of the pedigree: founders and generations),
     ``weights`` (the column's name), ``covary`` (the joined terms' names),
-    ``previous_rounds`` (REML rounds before a resumed checkpoint).
+    ``previous_rounds`` (REML rounds before a resumed checkpoint), ``genomic`` (the
+    genomic term: model "single-step" or "gblup", term, n_genotyped, n_markers, blend,
+    blend_with "A22" or "I", tune, tau, omega).
     """
     from .engine.estimate import BOUNDARY, LEAST_SQUARES
     from .engine.reml import TOL_DECREMENT_ABS, fit_variances
@@ -339,6 +404,8 @@ def methods_text(fit, info: dict | None = None) -> str:
               "with Quaas' (1976) correction for inbreeding, the inbreeding coefficients "
               "computed by the algorithm of Meuwissen & Luo (1992). ")
         refs += ["henderson76", "quaas", "ml92"]
+    if info.get("genomic"):
+        s += _genomic_words(info["genomic"], refs)
     s += _residual_words(fit, info, refs)
     paragraphs = [s]
 
@@ -406,8 +473,10 @@ def methods_text(fit, info: dict | None = None) -> str:
         e += ("Prediction-error variances (PEV) of the random effects are the diagonal of the "
               "inverse of the coefficient matrix (selected inversion; Takahashi et al. 1973); "
               "reliability = 1 − PEV/(σ²Kᵢᵢ)"
-              + (", with Kᵢᵢ = 1 + Fᵢ for the pedigree term," if ped else "")
-              + " and accuracy = √reliability. ")
+              + (", with Kᵢᵢ = 1 + Fᵢ for the pedigree term," if ped_block else "")
+              + " and accuracy = √reliability"
+              + (f" (neither is given for the {info['genomic']['term']} effects, whose Kᵢᵢ "
+                 "were not computed)" if info.get("genomic") else "") + ". ")
         refs.append("takahashi")
     df = str(fit.df_method)
     if df.lower().startswith("satterthwaite"):

@@ -12,9 +12,10 @@ Modules, one concept each:
     main        argparse: the sub-commands and their options, exit statuses
     params      the TOML parameter file of ``mme run`` (its keys are documented there)
     io          readers: CSV, whitespace-separated text (BLUPF90), Parquet; pedigrees
+    genomic     genotype files (BLUPF90's layout or a table) → G → single-step H⁻¹ or G⁻¹
     formulas    the allow-list a formula from a file or the command line must pass
     runner      one fit: read, build, forecast memory, estimate, write
-    progress    progress lines (tqdm when installed) and the log file
+    progress    progress lines (a tqdm bar on a terminal) and the log file
     checkpoint  θ and the iteration log after each REML round; resume
     memory      the memory forecast after CHOLMOD's symbolic analysis
     outputs     the result files written to the output folder

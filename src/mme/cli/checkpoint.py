@@ -19,8 +19,8 @@ re-evaluates score and AI at the checkpoint's θ before its first step, exactly 
 the uninterrupted run did at that θ, so both take the same steps from there; it is
 there so a killed job's last state can be inspected (approximate SEs) without
 refitting. The fingerprint names the model and its data — formula, method, residual,
-weights, relmat, covary, structure, each data and pedigree file's size and
-SHA-256, the number of records, the MME's dimension and the number of parameters.
+weights, relmat, covary, structure, each data, pedigree and genotype file's size and
+SHA-256 (with the genomic settings: model, term, blend, tune, tau, omega), the number of records, the MME's dimension and the number of parameters.
 On start, an existing checkpoint whose fingerprint matches is resumed: AI-REML
 starts at its θ (``mme.fit(start=θ)``) and the iteration log continues its rounds.
 A checkpoint of another model or data is refused (exit 1) with the keys that differ.
@@ -57,8 +57,17 @@ def fingerprint(config, system) -> dict:
         "relmat": sorted(config.relmat), "covary": config.covary, "structure": config.structure,
         "data": [file_digest(p) for p in config.data],
         "pedigree": file_digest(config.pedigree) if config.pedigree else None,
+        "genomic": _genomic(getattr(config, "genomic", None)),
         "n_records": int(system.design.n), "dim": int(system.dim), "k": int(system.k),
     }
+
+
+def _genomic(g) -> dict | None:
+    """The genotype file's digest and the settings that make H⁻¹ or G⁻¹."""
+    if g is None:
+        return None
+    return {**file_digest(g.file), "model": g.model, "term": g.term, "blend": g.blend,
+            "tune": g.tune, "tau": g.tau, "omega": g.omega}
 
 
 def record_dict(rec) -> dict:

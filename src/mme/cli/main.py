@@ -17,6 +17,7 @@ import traceback
 from .. import MMEError
 from . import params
 from .errors import EXIT_INPUT, InputError
+from .genomic import MODELS as GENOMIC_MODELS, TUNES, GenomicConfig
 from .memory import parse_size
 
 EPILOG = ("exit status: 0 done, 1 bad input (one line naming the problem; --debug for the "
@@ -46,6 +47,10 @@ def _common(p, toml: bool = False):
     g.add_argument("--max-iter", type=int, help="most AI-REML rounds (default 200)")
     g.add_argument("--ordering", help="CHOLMOD fill-reducing ordering: auto, amd, metis, "
                                       "nesdis, default")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="BLAS threads of the run, in every pool (CHOLMOD's system BLAS and "
+                        "NumPy/SciPy's)" + (" (overrides [options] threads)" if toml else
+                                            " (default: as the libraries start)"))
     g.add_argument("--quiet", action="store_true", help="no progress on stderr, no summary")
     g.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
@@ -81,6 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random term whose covariance is sigma2 A from --pedigree (repeat)")
     f.add_argument("--missing", help="unknown-parent codes of the pedigree, comma-separated "
                                      "(default: '', 0, NA)")
+    gg = f.add_argument_group("genomic (the [genomic] keys of a parameter file)")
+    gg.add_argument("--genomic", metavar="FILE",
+                    help="genotype file: one row per animal, its id then its genotypes "
+                         "0/1/2, as BLUPF90 writes them (id 0120112..., 5 missing) or a "
+                         "table (id m1 m2 ..., header optional)")
+    gg.add_argument("--genomic-model", choices=list(GENOMIC_MODELS),
+                    help="single-step: H^-1 from --pedigree and G (default); gblup: G only")
+    gg.add_argument("--genomic-term", metavar="TERM",
+                    help="the random term the genotypes apply to (default: the --relmat term)")
+    gg.add_argument("--blend", type=float, metavar="W",
+                    help="G <- (1-W) G + W A22 (W I without a pedigree); default 0.05, 0: none")
+    gg.add_argument("--tune", choices=list(TUNES) + ["none"],
+                    help="put G on the scale of A22 before blending (needs --pedigree)")
+    gg.add_argument("--tau", type=float,
+                    help="single-step: H^-1 = A^-1 + [0 0; 0 tau G^-1 - omega A22^-1] "
+                         "(default 1)")
+    gg.add_argument("--omega", type=float, help="see --tau (default 1)")
     f.add_argument("--method", default="REML", type=str.upper, choices=["REML", "ML"])
     f.add_argument("--variances", help="known variances: BLUP without REML, e.g. "
                                        "\"id=30,Residual=60\" (matrices as [[..],[..]])")
@@ -144,11 +166,17 @@ def _config(args):
         cfg.pedigree = args.pedigree
         cfg.pedigree_missing = _split(args.missing)
         cfg.relmat = list(args.relmat or [])
-        if cfg.pedigree and not cfg.relmat:
-            raise InputError("--pedigree needs --relmat TERM (the random term that follows "
-                             "the pedigree, e.g. --relmat id)")
-        if cfg.relmat and not cfg.pedigree:
-            raise InputError("--relmat needs --pedigree FILE")
+        given = {k: v for k, v in (("term", args.genomic_term), ("model", args.genomic_model),
+                                   ("blend", args.blend), ("tune", args.tune),
+                                   ("tau", args.tau), ("omega", args.omega)) if v is not None}
+        if args.genomic:
+            cfg.genomic = GenomicConfig(file=args.genomic, **given)
+            params.check_genomic(cfg.genomic, cli=True)
+        elif given:
+            opt = {"term": "--genomic-term", "model": "--genomic-model"}
+            raise InputError(f"{', '.join(opt.get(k, '--' + k) for k in given)} "
+                             "without --genomic FILE (the genotypes)")
+        params.settle_relmat(cfg, cli=True)
         cfg.residual, cfg.weights, cfg.solver = args.residual, args.weights, args.solver
         if args.variances:
             cfg.variances = params.parse_variances(args.variances)
@@ -161,6 +189,9 @@ def _config(args):
         cfg.max_iter = args.max_iter
     if args.ordering:
         cfg.ordering = args.ordering
+    if args.threads is not None:
+        cfg.threads = args.threads
+        params.check_threads(cfg.threads, "--threads")
     if args.memory_limit:
         cfg.memory_limit = args.memory_limit
     elif cfg.memory_limit is None:

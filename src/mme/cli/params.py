@@ -35,6 +35,19 @@ Keys (only ``data.files`` and ``model.formula`` are required)::
     missing = ["0"]              # unknown-parent codes (default: "", "0", "NA")
     columns = ["id", "sire", "dam"]   # their names in the file's header
 
+    [genomic]
+    file = "genotypes.txt"       # one row per animal: id, then its genotypes 0/1/2, as
+                                 # BLUPF90 writes them ("id 0120112...", one digit per
+                                 # marker, 5 = missing) or a table (id m1 m2 ..., with or
+                                 # without a header); missing genotypes are refused
+    sep = "auto"                 # of a table: auto | comma | tab | semicolon | whitespace
+    model = "single-step"        # single-step: H^-1 from [pedigree] and G | gblup: G only
+    term = "id"                  # the random term it applies to (default: the relmat term)
+    blend = 0.05                 # G <- (1 - w) G + w A22 (w I without a pedigree); 0: none
+    tune = "diag-offdiag"        # put G on A22's scale first: diag-offdiag | mean | none
+    tau = 1.0                    # single-step: H^-1 = A^-1 + [0 0; 0 tau G^-1 - omega A22^-1]
+    omega = 1.0
+
     [options]
     max_iter = 200               # most AI-REML rounds
     ordering = "auto"            # CHOLMOD ordering: auto | amd | metis | nesdis | default
@@ -43,6 +56,7 @@ Keys (only ``data.files`` and ``model.formula`` are required)::
                                  # its cgroup has available); "off" skips the forecast
     solver = "direct"            # direct (CHOLMOD) | pcg: BLUP by conjugate gradients at
                                  # known [model.variances], no factorization (no PEV)
+    threads = 2                  # BLAS threads of the run, every pool (default: as is)
 
     [output]
     folder = "results"           # default: "mme_out" beside the parameter file
@@ -54,6 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
+from .genomic import MODELS as GENOMIC_MODELS, TUNES, GenomicConfig
 
 #: the sections and keys a parameter file may have
 SCHEMA = {
@@ -61,7 +76,8 @@ SCHEMA = {
     "model": {"formula", "method", "relmat", "residual", "weights", "covary", "structure",
               "variances"},
     "pedigree": {"file", "sep", "missing", "columns"},
-    "options": {"max_iter", "ordering", "checkpoint", "memory_limit", "solver"},
+    "genomic": {"file", "sep", "term", "model", "blend", "tune", "tau", "omega"},
+    "options": {"max_iter", "ordering", "checkpoint", "memory_limit", "solver", "threads"},
     "output": {"folder"},
 }
 REQUIRED = (("data", "files"), ("model", "formula"))
@@ -88,11 +104,13 @@ class RunConfig:
     pedigree_sep: str = "auto"
     pedigree_missing: list | None = None
     pedigree_columns: tuple = ("id", "sire", "dam")
+    genomic: GenomicConfig | None = None
     max_iter: int = 200
     ordering: str = "auto"
     checkpoint: str | None = None
     memory_limit: str | None = None
     solver: str = "direct"
+    threads: int | None = None
     out: str = "mme_out"
     source: str = "command line"
 
@@ -186,11 +204,10 @@ def load_params(path) -> RunConfig:
             if len(cols) != 3:
                 raise InputError(f"{where}: [pedigree] columns must name id, sire and dam")
             cfg.pedigree_columns = tuple(cols)
-        if not cfg.relmat:
-            raise InputError(f"{where}: a [pedigree] is given but no term follows it: set "
-                             "relmat = [\"id\"] in [model]")
-    elif cfg.relmat:
-        raise InputError(f"{where}: [model] relmat needs a [pedigree] file")
+    gen = doc.get("genomic")
+    if gen is not None:
+        cfg.genomic = _genomic(where, gen, rel)
+    settle_relmat(cfg, where)
     cfg.max_iter = _type(where, opt.get("max_iter", 200), int, "[options] max_iter")
     cfg.ordering = _type(where, opt.get("ordering", "auto"), str, "[options] ordering")
     if "checkpoint" in opt:
@@ -201,8 +218,97 @@ def load_params(path) -> RunConfig:
     cfg.solver = _type(where, opt.get("solver", "direct"), str, "[options] solver").lower()
     if cfg.solver not in ("direct", "pcg"):
         raise InputError(f"{where}: [options] solver must be direct or pcg, got {cfg.solver!r}")
+    if "threads" in opt:
+        cfg.threads = _type(where, opt["threads"], int, "[options] threads")
+        check_threads(cfg.threads, f"{where}: [options] threads")
     cfg.out = rel(_type(where, out.get("folder", "mme_out"), str, "[output] folder"))
     return cfg
+
+
+def check_threads(n, what: str) -> None:
+    if isinstance(n, bool) or n < 1:
+        raise InputError(f"{what} must be a whole number of at least 1, got {n!r}")
+
+
+def _genomic(where, sec: dict, rel) -> GenomicConfig:
+    if "file" not in sec:
+        raise InputError(f"{where}: missing key 'file' in [genomic] (the genotype file)")
+    g = GenomicConfig(file=rel(_type(where, sec["file"], str, "[genomic] file")))
+    g.sep = _type(where, sec.get("sep", "auto"), str, "[genomic] sep")
+    g.model = _type(where, sec.get("model", g.model), str, "[genomic] model").lower()
+    if "term" in sec:
+        g.term = _type(where, sec["term"], str, "[genomic] term")
+    for key in ("blend", "tau", "omega"):
+        if key in sec:
+            v = _type(where, sec[key], (int, float), f"[genomic] {key}")
+            setattr(g, key, float(v))
+    if "tune" in sec:
+        g.tune = _type(where, sec["tune"], str, "[genomic] tune").lower()
+    check_genomic(g, where)
+    return g
+
+
+def check_genomic(g: GenomicConfig, where: str = "", cli: bool = False) -> None:
+    """Values of the genomic settings; messages name the key (or the option, ``cli``)."""
+    pre = f"{where}: " if where else ""
+
+    def key(k):
+        return ({"model": "--genomic-model"}.get(k, f"--{k}") if cli else f"[genomic] {k}")
+
+    if g.model not in GENOMIC_MODELS:
+        raise InputError(f"{pre}{key('model')} must be {' or '.join(GENOMIC_MODELS)}, got "
+                         f"{g.model!r}")
+    if g.tune in ("none", ""):
+        g.tune = None
+    if g.tune is not None and g.tune not in TUNES:
+        raise InputError(f"{pre}{key('tune')} must be {', '.join(TUNES)} or none, got "
+                         f"{g.tune!r}")
+    if not 0.0 <= g.blend < 1.0:
+        raise InputError(f"{pre}{key('blend')} must be in [0, 1), got {g.blend:g}")
+    if not g.tau > 0:
+        raise InputError(f"{pre}{key('tau')} must be positive, got {g.tau:g}")
+    if g.model == "gblup" and (g.tau != 1.0 or g.omega != 1.0):
+        raise InputError(f"{pre}{key('tau')} and {key('omega')} scale G^-1 and A22^-1 in "
+                         "single-step's H^-1; GBLUP does not use them")
+
+
+def settle_relmat(cfg: RunConfig, where: str = "", cli: bool = False) -> None:
+    """The terms that follow a relationship matrix: the genomic term (default: the single
+    relmat term) joins ``cfg.relmat``; a pedigree needs a term to follow it, and a relmat
+    term a pedigree (unless it is the GBLUP term, whose matrix is G). ``cli``: name the
+    command line's options in the messages, else the parameter file's keys."""
+    pre = f"{where}: " if where else ""
+    ped_key = "--pedigree FILE" if cli else "a [pedigree] file"
+    term_key = "--genomic-term TERM" if cli else "[genomic] term = \"id\""
+    gblup_key = "--genomic-model gblup" if cli else "model = \"gblup\" in [genomic]"
+    g = cfg.genomic
+    if g is not None:
+        if g.term is None:
+            if len(cfg.relmat) == 1:
+                g.term = cfg.relmat[0]
+            elif not cfg.relmat:
+                raise InputError(f"{pre}name the random term the genotypes apply to: "
+                                 f"{term_key}")
+            else:
+                raise InputError(f"{pre}several relmat terms ({', '.join(cfg.relmat)}): name "
+                                 f"the one the genotypes apply to: {term_key}")
+        elif g.term not in cfg.relmat:
+            cfg.relmat = list(cfg.relmat) + [g.term]
+        if g.model == "single-step" and not cfg.pedigree:
+            raise InputError(f"{pre}single-step needs {ped_key}; with genotypes only use "
+                             f"{gblup_key}")
+        if g.tune is not None and not cfg.pedigree:
+            raise InputError(f"{pre}tune puts G on the scale of the pedigree's A22: it needs "
+                             f"{ped_key}")
+    if cfg.pedigree and not cfg.relmat:
+        raise InputError(f"{pre}--pedigree needs --relmat TERM (the random term that follows "
+                         "the pedigree, e.g. --relmat id)" if cli else
+                         f"{pre}a [pedigree] is given but no term follows it: set "
+                         "relmat = [\"id\"] in [model]")
+    without = [r for r in cfg.relmat if g is None or r != g.term]
+    if not cfg.pedigree and without:
+        raise InputError(f"{pre}--relmat needs --pedigree FILE" if cli else
+                         f"{pre}[model] relmat needs a [pedigree] file")
 
 
 def parse_variances(text: str) -> dict:

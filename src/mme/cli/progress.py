@@ -1,12 +1,16 @@
 """Progress of a command-line run on stderr, and its log file.
 
-Each stage (reading data, the pedigree, the design, the symbolic analysis, every
-REML round, with the rounds and time expected to be left) is one line on stderr,
-``[mme] ...``; with ``tqdm`` installed the REML
-rounds are a tqdm bar instead (logLik, change and seconds as its postfix) and the
-lines go through ``tqdm.write`` so the bar stays at the bottom. ``--quiet`` turns
-stderr off. Everything is also written to the log file (``mme.log`` in the output
-folder), with the library's own per-iteration lines (logger ``"mme"``).
+Each stage (reading data, the pedigree, the genotypes, the design, the symbolic
+analysis, every REML round with the rounds and time expected to be left) is one line
+on stderr, ``[mme] ...``, whatever the stream: a batch job's stderr redirected to a
+file holds one greppable line per stage and per round, as BLUPF90's logs do. On a
+terminal, with tqdm (a dependency; the lines alone when it is missing), a bar at the
+bottom follows the REML rounds (rounds done of ``max_iter``, logLik, change, seconds
+and the time expected to be left), the lines going through ``tqdm.write`` above it.
+A stream that is not a terminal gets no bar (tqdm's ``disable=None`` rule): its
+carriage-return redraws would fill a log file. ``--quiet`` turns stderr off.
+Everything is also written to the log file (``mme.log`` in the output folder), with
+the library's own per-iteration lines (logger ``"mme"``).
 """
 from __future__ import annotations
 
@@ -30,9 +34,17 @@ def _tqdm():
     return tqdm
 
 
+def is_terminal(stream) -> bool:
+    """Is ``stream`` an interactive terminal (where a bar can redraw itself)?"""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):     # no isatty, or a closed stream
+        return False
+
+
 class Progress:
-    """Lines on stderr (unless quiet) and in the log; a tqdm bar for REML rounds if
-    tqdm is installed and ``bar`` is true."""
+    """Lines on stderr (unless quiet) and in the log; under them a tqdm bar for the REML
+    rounds when tqdm is installed, ``bar`` is true and the stream is a terminal."""
 
     def __init__(self, quiet: bool = False, stream=None, bar: bool = True):
         self.quiet = quiet
@@ -63,9 +75,13 @@ class Progress:
         self._last_decrement = None
         self._seconds = []
         self._t0 = time.perf_counter()
-        if self.tqdm is not None and not self.quiet:
+        if self.tqdm is not None and not self.quiet and is_terminal(self.stream):
+            # a count, not a percentage: AI-REML stops long before max_iter; the time
+            # left is the decrement's forecast (``time_left``), not tqdm's
             self._bar = self.tqdm(total=max_iter, desc="AI-REML", unit="round",
-                                  file=self.stream, leave=False, dynamic_ncols=True)
+                                  file=self.stream, leave=False, dynamic_ncols=True,
+                                  bar_format="{desc}: round {n_fmt} (at most {total_fmt}), "
+                                             "{elapsed}{postfix}")
 
     def reml_round(self, rec, offset: int = 0) -> None:
         """One AI-REML round (a ``reml.IterationRecord``; ``offset``: rounds of the run
@@ -78,15 +94,12 @@ class Progress:
         self._last_decrement = rec.decrement
         msg = (f"REML round {rec.iteration + offset}: {rec.kind}, logLik {rec.loglik:.6f}, change {ch}, "
                f"decrement {rec.decrement:.2g}, {rec.seconds:.2f} s" + (f", {left}" if left else ""))
-        log.info(msg)
-        if self.quiet:
-            return
-        if self._bar is not None:
+        self.note(msg)
+        if self._bar is not None and not self.quiet:
             self._bar.update(1)
-            self._bar.set_postfix(logLik=f"{rec.loglik:.4f}", change=ch,
-                                  s=f"{rec.seconds:.2f}", left=left or "?")
-        else:
-            print(f"[mme] {msg}", file=self.stream, flush=True)
+            self._bar.set_postfix({"logLik": f"{rec.loglik:.4f}", "change": ch,
+                                   "s": f"{rec.seconds:.2f}",
+                                   "left": (left or "?").removesuffix(" left")})
 
     def time_left(self, decrement: float, iteration: int) -> str | None:
         """Expected rounds and time left: the Newton decrement (the convergence test,

@@ -6,7 +6,10 @@ numbers written equal ``mme.fit``'s. Between ``build_mme`` and the estimation
 CHOLMOD's symbolic analysis is run once (and kept for the fit) and the memory
 forecast (:mod:`mme.cli.memory`) may refuse the model. With ``checkpoint`` the θ, the
 iteration log and the AI matrix of every REML round are saved, and an
-existing matching checkpoint is resumed (:mod:`mme.cli.checkpoint`).
+existing matching checkpoint is resumed (:mod:`mme.cli.checkpoint`). A ``[genomic]``
+file gives its term a single-step H⁻¹ or GBLUP's G⁻¹ (:mod:`mme.cli.genomic`), passed
+as the ``(levels, K⁻¹)`` pair a Python user would pass. ``threads`` caps every thread
+pool of the run (``mme._threads.thread_limit``).
 """
 from __future__ import annotations
 
@@ -14,16 +17,20 @@ import time
 import warnings
 from pathlib import Path
 
+import pandas as pd
+
 import mme
 from .. import fitting
-from .._threads import dense_blas_threads
+from .._threads import dense_blas_threads, thread_limit
 from ..breeding.pedigree import DEFAULT_MISSING
 from ..engine.estimate import LEAST_SQUARES
 from ..model.formula import parse_formula
+from ..model.ids import normalize_ids
 from . import checkpoint as ckpt
 from . import memory, outputs
 from .errors import EXIT_NOT_CONVERGED, EXIT_OK, InputError
 from .formulas import check_formula
+from .genomic import genomic_relmat
 from .io import read_pedigree_frame, read_tables
 from .methods import methods_text, pedigree_facts
 from .progress import LogFile, Progress
@@ -66,7 +73,8 @@ def run_fit(cfg, progress: Progress) -> int:
     """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    with LogFile(out / outputs.LOG), warnings.catch_warnings(record=True) as caught:
+    with LogFile(out / outputs.LOG), warnings.catch_warnings(record=True) as caught, \
+            thread_limit(getattr(cfg, "threads", None)):
         warnings.simplefilter("always")
         status = _run(cfg, progress, out, caught)
         for w in caught:
@@ -77,6 +85,7 @@ def run_fit(cfg, progress: Progress) -> int:
 def _run(cfg, progress: Progress, out: Path, caught: list) -> int:
     t0 = time.perf_counter()
     progress.note(f"mme {mme.__version__}: {cfg.source}; results to {out}")
+    progress.note(threads_line(getattr(cfg, "threads", None)))
     mf = parse_formula(cfg.formula)
     groups = [f for t in mf.random for f in t.factors]
     factors = list(dict.fromkeys(list(cfg.factors) + groups + list(cfg.relmat)
@@ -89,7 +98,12 @@ def _run(cfg, progress: Progress, out: Path, caught: list) -> int:
     if cfg.weights and cfg.weights not in df.columns:
         raise InputError(f"weights column {cfg.weights!r} not found; columns are "
                          f"{', '.join(map(str, df.columns))}")
-    relmat, ped_info = None, None
+    relmat, ped_info, ped, gen_info = {}, None, None, None
+    known = set(groups) | {c for v in (cfg.covary or {}).values() for c in v}
+    bad = [r for r in cfg.relmat if r not in known]
+    if bad:
+        raise InputError(f"relmat {', '.join(map(repr, bad))} is not a random term of the "
+                         f"formula (random groups: {', '.join(groups) or 'none'})")
     if cfg.pedigree:
         progress.note(f"reading pedigree: {cfg.pedigree}")
         ped, _ = load_pedigree(cfg.pedigree, cfg.pedigree_sep, cfg.pedigree_missing,
@@ -98,12 +112,15 @@ def _run(cfg, progress: Progress, out: Path, caught: list) -> int:
         progress.note(f"pedigree: {ped.n:,} animals, {ped.n_founders:,} founders, "
                       f"{ped_info['generations']} generations, {ped_info['inbred']:,} inbred "
                       f"(max F {ped_info['max_F']:.4f})")
-        known = set(groups) | {c for v in (cfg.covary or {}).values() for c in v}
-        bad = [r for r in cfg.relmat if r not in known]
-        if bad:
-            raise InputError(f"relmat {', '.join(map(repr, bad))} is not a random term of the "
-                             f"formula (random groups: {', '.join(groups) or 'none'})")
         relmat = {r: ped for r in cfg.relmat}
+    g = getattr(cfg, "genomic", None)
+    if g is not None:
+        progress.note(f"reading genotypes: {g.file}")
+        relmat[g.term], gen_info = genomic_relmat(g, ped, cfg.pedigree, progress)
+        if g.model == "gblup":
+            _check_genotyped(df, g.term, mf, gen_info)
+        del gen_info["genotyped"]
+    relmat = relmat or None
     with dense_blas_threads(1):
         t = time.perf_counter()
         design = fitting.build_design(cfg.formula, df, relmat, residual=cfg.residual,
@@ -168,7 +185,8 @@ def _run(cfg, progress: Progress, out: Path, caught: list) -> int:
                          + (f" ({offset} of them before the checkpoint)" if offset else "")))
         info = {"relmat": cfg.relmat, "covary": cfg.covary, "structure": cfg.structure,
                 "residual": cfg.residual, "weights": cfg.weights, "multi": mf.multi_response,
-                "rows_read": len(df), "pedigree": ped_info, "ordering": system.ordering,
+                "rows_read": len(df), "pedigree": ped_info, "genomic": gen_info,
+                "ordering": system.ordering,
                 "route": est.route, "previous_rounds": offset}
         _ = fit.df_beta  # Satterthwaite df while the factor is in hand
         paths = outputs.write_fit(out, fit, methods_text(fit, info), previous)
@@ -182,6 +200,31 @@ def _run(cfg, progress: Progress, out: Path, caught: list) -> int:
                          else ", with --checkpoint to continue later"))
         return EXIT_NOT_CONVERGED
     return EXIT_OK
+
+
+def threads_line(n) -> str:
+    """The run's threads, for the log: the cap (``threads``) and each pool's threads."""
+    from .._threads import _pools
+    bundled, system = _pools()
+    parts = [f"system BLAS (CHOLMOD's) {c.num_threads}" for c in system[:1]]
+    parts += [f"NumPy/SciPy's BLAS {c.num_threads}"
+              + (" (1 during the fit, beside CHOLMOD's)" if system else "")
+              for c in bundled[:1]]
+    head = (f"threads: at most {n} in every pool" if n is not None else
+            "threads: as the libraries started (threads / --threads caps them)")
+    return head + (f": {', '.join(parts)}" if parts else "")
+
+
+def _check_genotyped(df, term: str, mf, info: dict) -> None:
+    """GBLUP: every animal with a record must be genotyped (G has no row for others)."""
+    col = next(t.factors[0] for t in mf.random if t.group == term)
+    ids = normalize_ids(df[col].dropna())
+    absent = pd.unique(ids[~pd.Index(ids).isin(info["genotyped"])])
+    if len(absent):
+        raise InputError(f"GBLUP: {len(absent):,} animal(s) with records in column {col!r} "
+                         f"are not genotyped in {info['file']}, e.g. "
+                         f"{', '.join(map(repr, list(absent[:5])))}: use model = "
+                         "\"single-step\" with their pedigree, or leave their records out")
 
 
 def _row_record(row: dict) -> dict:
