@@ -1,0 +1,249 @@
+"""Distributed BLUP (mme.distributed) under ``mpiexec -n 2`` from the pip ``mpich`` wheel.
+
+Each test launches ``mpiexec -n K python tests/mpi_job.py`` in a subprocess with a
+timeout (the suite cannot hang), every rank reading its own slice of a CSV file;
+rank 0 writes the solutions as JSON, compared here with the single-machine direct
+solution ``mme.fit(..., variances=...)`` (CHOLMOD). The faults: a rank given other
+variances, a rank whose file is missing, a rank that raises while building its rows,
+a rank that never joins a collective — each ends the job with one message naming
+the rank and the reason, within the subprocess timeout.
+
+The serial communicator (one process, no mpiexec) runs the same code in-process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mme
+from mme.distributed import (DistributedError, RowPartition, blup_distributed, read_slice,
+                             world)
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+JOB = HERE / "mpi_job.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from simulate_animal import simulate_animal  # noqa: E402
+
+#: distributed PCG (tol 1e-12) vs the direct (CHOLMOD) solution, max |Δ| / max |solution|
+#: per group; the issue asks 1e-8. Achieved 2.8e-10 (sim10k, 2 ranks; 2.9e-12
+#: penicillin, 4.5e-15 Mrode 3.1), margin 18x
+RTOL_BLUP_MPI = 5e-9
+#: seconds a whole mpiexec job may take before the test fails (the suite must not hang)
+JOB_TIMEOUT = 240
+#: the deadline of a collective inside the fault jobs (MME_MPI_TIMEOUT)
+COLLECTIVE_TIMEOUT = 5.0
+
+
+def _mpiexec() -> str | None:
+    local = Path(sys.executable).parent / "mpiexec"
+    if local.exists():
+        return str(local)
+    return shutil.which("mpiexec")
+
+
+def _mpi_available() -> bool:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return False
+    return _mpiexec() is not None
+
+
+needs_mpi = pytest.mark.skipif(not _mpi_available(),
+                               reason="mpi4py and mpiexec (pip install 'mme[mpi]') needed")
+
+
+def run_job(n: int, out: Path, data: Path, formula: str, variances: dict, *extra,
+            pedigree: Path | None = None, factors: str = "", timeout: float = JOB_TIMEOUT,
+            collective_timeout: float = 60.0):
+    cmd = [_mpiexec(), "-n", str(n), sys.executable, str(JOB), "--data", str(data),
+           "--formula", formula, "--variances", json.dumps(variances), "--out", str(out),
+           "--factors", factors, "--timeout", str(collective_timeout), *extra]
+    if pedigree is not None:
+        cmd += ["--pedigree", str(pedigree)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep
+               + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+               OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=str(ROOT))
+    result = json.loads(out.read_text()) if out.exists() else None
+    return proc, result
+
+
+# -- reference models -----------------------------------------------------------------
+def _mrode(tmp):
+    d = json.loads((HERE / "data" / "mrode_3_1.json").read_text())
+    ped = pd.DataFrame(d["pedigree"]).replace("", "0")
+    ped.to_csv(tmp / "ped.csv", index=False)
+    df = pd.DataFrame(d["data"])
+    df.to_csv(tmp / "data.csv", index=False)
+    return dict(formula="wwg ~ 0 + sex + (1|id)", variances=d["variances"], data=df,
+                ped=ped, factors="id,sex")
+
+
+def _penicillin(tmp):       # two crossed random effects, no relationship matrix
+    df = pd.read_csv(HERE / "data" / "lme4" / "penicillin.csv", dtype={"plate": str,
+                                                                        "sample": str})
+    df.to_csv(tmp / "data.csv", index=False)
+    return dict(formula="diameter ~ 1 + (1|plate) + (1|sample)",
+                variances={"plate": 0.717, "sample": 3.731, "Residual": 0.302}, data=df,
+                ped=None, factors="plate,sample")
+
+
+def _pastes(tmp):           # nested: a grouping by two columns
+    df = pd.read_csv(HERE / "data" / "lme4" / "pastes.csv", dtype=str)
+    df["strength"] = df["strength"].astype(float)
+    df.to_csv(tmp / "data.csv", index=False)
+    return dict(formula="strength ~ 1 + (1|batch) + (1|batch:cask)",
+                variances={"batch": 1.66, "batch:cask": 8.43, "Residual": 0.678}, data=df,
+                ped=None, factors="batch,cask,sample")
+
+
+def _sleepstudy(tmp):       # correlated random intercept and slope (2 × 2 blocks)
+    df = pd.read_csv(HERE / "data" / "lme4" / "sleepstudy_us.csv", dtype={"Subject": str})
+    df.to_csv(tmp / "data.csv", index=False)
+    return dict(formula="Reaction ~ Days + (Days|Subject)",
+                variances={"Subject": [[612.09, 9.604], [9.604, 35.07]], "Residual": 654.94},
+                data=df, ped=None, factors="Subject")
+
+
+def _sim10k(tmp):           # 10,000 animals: herd + animal (pedigree), sex
+    ped, phen, _ = simulate_animal(10_000, seed=7)
+    ped.to_csv(tmp / "ped.csv", index=False)
+    phen.to_csv(tmp / "data.csv", index=False)
+    return dict(formula="y ~ sex + (1|herd) + (1|id)",
+                variances={"herd": 0.2, "id": 0.4, "Residual": 0.6}, data=phen,
+                ped=ped.astype(str), factors="id,herd,sex")
+
+
+CASES = {"mrode_3_1": _mrode, "penicillin": _penicillin, "pastes": _pastes,
+         "sleepstudy": _sleepstudy, "sim10k": _sim10k}
+
+
+def _direct(case):
+    relmat = None
+    if case["ped"] is not None:
+        relmat = {"id": mme.Pedigree.from_frame(case["ped"].astype(str))}
+    return mme.fit(case["formula"], case["data"], relmat=relmat, variances=case["variances"])
+
+
+def _compare(fixed: dict, random: pd.DataFrame, fit) -> float:
+    """Largest relative discrepancy (per group: max |Δ| / max |direct|)."""
+    worst = 0.0
+    fe = fit.fixed_effects["estimate"]
+    got = pd.Series(fixed).reindex(fe.index)
+    np.testing.assert_allclose(got.to_numpy(), fe.to_numpy(),
+                               rtol=0, atol=RTOL_BLUP_MPI * np.abs(fe).max())
+    worst = max(worst, float(np.abs(got - fe).max() / np.abs(fe).max()))
+    ref = fit.random_effects
+    key = ["group", "term", "level"]
+    m = ref.merge(random, on=key, suffixes=("", "_mpi"), how="left")
+    assert len(m) == len(ref) and m["blup_mpi"].notna().all()
+    for g, part in m.groupby("group"):
+        scale = np.abs(part["blup"]).max()
+        np.testing.assert_allclose(part["blup_mpi"], part["blup"], rtol=0,
+                                   atol=RTOL_BLUP_MPI * scale)
+        worst = max(worst, float(np.abs(part["blup_mpi"] - part["blup"]).max() / scale))
+    return worst
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    made = {}
+
+    def get(name):
+        if name not in made:
+            tmp = tmp_path_factory.mktemp(name)
+            case = CASES[name](tmp)
+            case["dir"] = tmp
+            case["fit"] = _direct(case)
+            made[name] = case
+        return made[name]
+    return get
+
+
+# -- serial: the same code on one process -------------------------------------------------
+@pytest.mark.parametrize("name", ["mrode_3_1", "penicillin", "pastes", "sleepstudy"])
+def test_serial_equals_direct(cases, name):
+    case = cases(name)
+    relmat = ({"id": mme.Pedigree.from_frame(case["ped"].astype(str))}
+              if case["ped"] is not None else None)
+    res = blup_distributed(case["formula"], case["data"], case["variances"], relmat=relmat,
+                           comm=world(), tol=1e-12)
+    assert res.ranks == 1 and res.converged
+    rand = res.random_effects[["group", "term", "level", "blup"]].rename(
+        columns={"blup": "blup"})
+    _compare(res.fixed_effects["estimate"].to_dict(), rand, case["fit"])
+
+
+def test_partition_even_and_slices(tmp_path):
+    part = RowPartition.even(5, 7)
+    assert part.counts == (1, 1, 1, 1, 1, 0, 0) and part.n_rows == 5
+    df = pd.DataFrame({"a": range(10), "b": list("abcdefghij")})
+    df.to_csv(tmp_path / "d.csv", index=False)
+    pieces = [read_slice(tmp_path / "d.csv", r, 3)[0] for r in range(3)]
+    assert [len(p) for p in pieces] == [4, 3, 3]
+    pd.testing.assert_frame_equal(pd.concat(pieces, ignore_index=True), df)
+
+
+# -- mpiexec -n 2 ---------------------------------------------------------------------------
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_mpi_two_ranks_equal_direct(cases, name, tmp_path):
+    case = cases(name)
+    proc, out = run_job(2, tmp_path / "out.json", case["dir"] / "data.csv", case["formula"],
+                        case["variances"], factors=case["factors"],
+                        pedigree=case["dir"] / "ped.csv" if case["ped"] is not None else None)
+    assert proc.returncode == 0, proc.stderr
+    assert out["ranks"] == 2 and out["converged"]
+    n = len(case["data"])
+    assert out["counts"] == [n - n // 2, n // 2]
+    assert out["n_reduce"] == out["n_iter"] + 1      # one Allreduce per iteration (+ check)
+    rand = pd.DataFrame(out["random"])
+    print(name, "max rel", _compare(out["fixed"], rand, case["fit"]))
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_mpi_more_ranks_than_rows(cases, tmp_path):
+    case = cases("mrode_3_1")        # 5 records on 7 ranks: two ranks hold none
+    proc, out = run_job(7, tmp_path / "out.json", case["dir"] / "data.csv", case["formula"],
+                        case["variances"], factors=case["factors"],
+                        pedigree=case["dir"] / "ped.csv")
+    assert proc.returncode == 0, proc.stderr
+    assert out["counts"] == [1, 1, 1, 1, 1, 0, 0]
+    _compare(out["fixed"], pd.DataFrame(out["random"]), case["fit"])
+
+
+FAULTS = {
+    "differ": ("parameters differ between ranks", "'variances'"),
+    "unreadable": ("rank 1: FileNotFoundError", "data.csv.absent"),
+    "raise": ("rank 1: FormulaError", "'sex'"),
+    "stuck": ("rank 0: no answer from the other ranks within 5 s", "checking the formula"),
+}
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_mpi_fault_ends_the_job_with_one_message(cases, fault, tmp_path):
+    case = cases("mrode_3_1")
+    proc, out = run_job(2, tmp_path / "out.json", case["dir"] / "data.csv", case["formula"],
+                        case["variances"], "--fault", fault, factors=case["factors"],
+                        pedigree=case["dir"] / "ped.csv", timeout=120,
+                        collective_timeout=COLLECTIVE_TIMEOUT)
+    assert proc.returncode != 0 and out is None
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("mme: error:")]
+    assert len(lines) == 1, proc.stderr
+    for part in FAULTS[fault]:
+        assert part in lines[0], lines[0]
