@@ -52,7 +52,7 @@ def main() -> int:
         if a.pedigree:
             ped = mme.Pedigree.from_frame(pd.read_csv(a.pedigree, dtype=str))
             relmat = {"id": ped}
-        variances = json.loads(a.variances)
+        variances = json.loads(a.variances)     # "null": Monte-Carlo REML's default start
         if bad and a.fault == "differ":
             variances = {k: 2 * v for k, v in variances.items()}
         if bad and a.fault == "stuck":
