@@ -40,7 +40,12 @@ import numpy as np
 
 from .._errors import DistributedError
 
-__all__ = ["Communicator", "SerialComm", "world", "DEFAULT_TIMEOUT"]
+__all__ = ["Communicator", "SerialComm", "world", "launched", "DEFAULT_TIMEOUT"]
+
+#: environment variables by which MPI launchers (MPICH/Hydra and PMI, Open MPI, SLURM's
+#: srun with PMI) tell a process its rank and the job's size, read without importing MPI
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
 #: seconds a collective may wait for the other ranks (MME_MPI_TIMEOUT overrides)
 DEFAULT_TIMEOUT = 600.0
@@ -96,6 +101,16 @@ def world(timeout: float | None = None) -> "Communicator":
     if comm.Get_size() == 1:
         return Communicator(SerialComm(), timeout)
     return Communicator(comm, timeout)
+
+
+def launched() -> tuple[int, int]:
+    """(rank, size) from the launcher's environment, (0, 1) outside mpiexec/srun."""
+    size = next((os.environ[v] for v in _SIZE_VARS if os.environ.get(v)), "1")
+    rank = next((os.environ[v] for v in _RANK_VARS if os.environ.get(v)), "0")
+    try:
+        return int(rank), int(size)
+    except ValueError:
+        return 0, 1
 
 
 def _timeout_default() -> float:

@@ -8,8 +8,8 @@ ranks than rows some ranks hold none; they still take part in every collective.
 
 A CSV/text file is read by each rank with ``skiprows``/``nrows`` (the rows are
 counted once by scanning the file for line ends, which reads it but parses
-nothing); a Parquet file is split by whole row groups (a rank reads only its
-groups), so its slices follow the file's row groups.
+nothing; a Parquet file's count is in its metadata, and a rank reads only the row
+groups that hold its rows). Several files are split as their rows stacked in order.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pandas as pd
 
 from .._errors import DataError
 
-__all__ = ["RowPartition", "count_data_lines", "read_slice"]
+__all__ = ["RowPartition", "count_data_lines", "file_rows", "pieces", "read_slice"]
 
 
 @dataclass(frozen=True)
@@ -78,53 +78,61 @@ def count_data_lines(path, header: bool = True) -> int:
     return max(n - (1 if header else 0), 0)
 
 
+def file_rows(path, parquet: bool | None = None, header: bool = True) -> int:
+    """Data rows of one file: a Parquet file's row count from its metadata, a text
+    file's lines (minus the header line)."""
+    path = Path(path)
+    if parquet is None:
+        parquet = path.suffix.lower() in (".parquet", ".pq")
+    if parquet:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(f"{path}: reading Parquet needs pyarrow: pip install "
+                            "'mme[parquet]'") from None
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    return count_data_lines(path, header=header)
+
+
+def pieces(part: RowPartition, rank: int, file_counts: list) -> list:
+    """(file index, first row in that file, rows) of ``rank``'s slice of the files'
+    rows stacked in order."""
+    rows = part.rows(rank)
+    out, first = [], 0
+    for i, n in enumerate(file_counts):
+        a, b = max(rows.start, first), min(rows.stop, first + n)
+        if b > a:
+            out.append((i, a - first, b - a))
+        first += n
+    return out
+
+
 def read_slice(path, rank: int, size: int, read_csv_kw: dict | None = None
                ) -> tuple[pd.DataFrame, RowPartition]:
     """This rank's rows of a CSV/text or Parquet file, and the partition of all rows.
 
     ``read_csv_kw`` are passed to ``pandas.read_csv`` (sep, dtype, na_values, header,
     names); a file with a header line keeps it as the column names of every slice.
+    A Parquet file is read by row groups: only those holding the rank's rows.
     """
     path = Path(path)
     kw = dict(read_csv_kw or {})
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return _read_parquet_slice(path, rank, size)
+    parquet = path.suffix.lower() in (".parquet", ".pq")
     header = kw.get("header", "infer") is not None
-    n = count_data_lines(path, header=header)
+    n = file_rows(path, parquet, header)
     part = RowPartition.even(n, size)
     rows = part.rows(rank)
+    count = rows.stop - rows.start
+    if parquet:
+        from ..cli.io import _read_parquet_rows
+        return _read_parquet_rows(path, rows.start, count), part
     first = 1 if header else 0
-    if rows.stop == rows.start:
+    if count == 0:
         # no rows here: read the header only, so the columns are known
-        df = pd.read_csv(path, nrows=0, **kw)
-        return df, part
-    df = pd.read_csv(path, skiprows=range(first, first + rows.start),
-                     nrows=rows.stop - rows.start, **kw)
-    if len(df) != rows.stop - rows.start:
+        return pd.read_csv(path, nrows=0, **kw), part
+    df = pd.read_csv(path, skiprows=range(first, first + rows.start), nrows=count, **kw)
+    if len(df) != count:
         raise DataError(f"{path}: rank {rank} expected rows {rows.start:,}-"
                         f"{rows.stop - 1:,} but read {len(df):,} (blank or quoted "
                         "multi-line records are not supported in distributed reading)")
     return df, part
-
-
-def _read_parquet_slice(path: Path, rank: int, size: int) -> tuple[pd.DataFrame, RowPartition]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError(f"{path}: reading Parquet needs pyarrow: pip install 'mme[parquet]'"
-                        ) from None
-    pf = pq.ParquetFile(path)
-    groups = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
-    # whole row groups per rank, balanced by rows
-    cum = np.cumsum([0] + groups)
-    targets = np.linspace(0, cum[-1], size + 1)
-    cuts = [int(np.argmin(np.abs(cum - t))) for t in targets]
-    cuts[0], cuts[-1] = 0, len(groups)
-    cuts = list(np.maximum.accumulate(cuts))
-    counts = tuple(int(cum[cuts[r + 1]] - cum[cuts[r]]) for r in range(size))
-    mine = list(range(cuts[rank], cuts[rank + 1]))
-    if mine:
-        df = pf.read_row_groups(mine).to_pandas()
-    else:
-        df = pf.schema_arrow.empty_table().to_pandas()
-    return df, RowPartition(counts)
