@@ -13,7 +13,9 @@ rank and the same as ``mme.build_design`` gives for all the records together:
   Allreduce), by the rule of the single-machine design (``design.alias_keep``).
 * **Relationship matrices** (a pedigree's A⁻¹, or a given K⁻¹) give the levels of
   their term on every rank; K⁻¹ itself is needed only by the rank that owns G⁻¹
-  (rank 0: :mod:`mme.distributed.operator`), so other ranks never build it.
+  (rank 0: :mod:`mme.distributed.operator`), so other ranks never build it. For very
+  large models a relmat may be ``(pd.RangeIndex(L), K⁻¹)`` with the data column
+  holding the level positions 0 … L−1 (no id strings; K⁻¹ None on other ranks).
 
 The models covered are those of the PCG solver: one response, R = σ²ₑI (no weights,
 no structured residual), any number of random terms ``(1|g)``, ``(x|g)``,
@@ -33,7 +35,8 @@ import scipy.sparse as sp
 from formulaic import Formula
 
 from .._errors import DataError, DroppedRowsWarning, FormulaError, OptionError
-from ..model.design import (UNKNOWN_TOKENS, RandomBlock, _relmat_parts, _response,
+from ..model.design import (KINV_SYMMETRY_TOL, UNKNOWN_TOKENS, RandomBlock, _relmat_parts,
+                            _response,
                             alias_keep, group_codes, r_name, term_variables, used_columns)
 from ..model.formula import ModelFormula, parse_formula
 from ..model.ids import normalize_ids
@@ -268,9 +271,44 @@ def _z(T: np.ndarray, codes: np.ndarray, L: int) -> sp.csc_matrix:
     return Z
 
 
+def _integer_coded(t, data: pd.DataFrame, rel, owner: bool) -> RandomBlock:
+    """A relmat given as (RangeIndex(L), K⁻¹[, log|K|]): the data column holds the level
+    positions 0 … L−1 (negative or missing: no effect). For very large models: no id
+    strings are made; K⁻¹ is used on the owner rank only (None elsewhere)."""
+    levels = rel[0]
+    L = len(levels)
+    Kinv = None
+    if owner:
+        Kinv = sp.csc_matrix(rel[1], dtype=float)
+        if Kinv.shape != (L, L):
+            raise DataError(f"relmat for {t.group!r}: K⁻¹ is {Kinv.shape}, expected "
+                            f"{L} × {L} levels")
+        asym = abs(Kinv - Kinv.T)
+        if asym.nnz and asym.max() > KINV_SYMMETRY_TOL * max(abs(Kinv).max(), 1e-300):
+            raise DataError(f"relmat for {t.group!r}: K⁻¹ is not symmetric (largest "
+                            f"|K⁻¹ − K⁻¹'| = {asym.max():.3g}); give both triangles")
+        del asym
+    col = data[t.factors[0]]
+    if len(col) and not pd.api.types.is_integer_dtype(col):
+        raise DataError(f"relmat for {t.group!r} has integer levels (a RangeIndex): column "
+                        f"{t.factors[0]!r} must hold integers 0 … {L - 1}, it is {col.dtype}")
+    codes = col.to_numpy(np.int64) if len(col) else np.zeros(0, dtype=np.int64)
+    if np.any(codes >= L):
+        bad = pd.unique(codes[codes >= L])
+        raise DataError(f"{len(bad)} {t.group!r} value(s) in the data are not levels of its "
+                        f"relationship matrix (0 … {L - 1}), e.g. {list(bad[:5])}")
+    codes = np.where(codes < 0, -1, codes)
+    T, names = _term_matrix(t, data)
+    return RandomBlock(group=t.group, terms=names, levels=levels, Z=_z(T, codes, L),
+                       Kinv=Kinv, logdet_K=float(rel[2]) if len(rel) == 3 else 0.0,
+                       Kdiag=None, k_is_identity=False)
+
+
 def _relmat_block(t, data: pd.DataFrame, rel, owner: bool) -> RandomBlock:
     if len(t.factors) != 1:
         raise FormulaError(f"relmat needs a single grouping column, got {t.group!r}")
+    if isinstance(rel, tuple) and len(rel) in (2, 3) and isinstance(rel[0], pd.RangeIndex):
+        return _integer_coded(t, data, rel, owner)
     if owner:
         levels, Kinv, logdet, Kdiag = _relmat_parts(rel, t.group)
     elif hasattr(rel, "ids"):

@@ -81,7 +81,8 @@ def block_pcg(matvec, B: np.ndarray, precond, tol: float = 1e-8, max_iter: int =
     while (active.any() or verify.any()) and it < max_iter:
         a = np.flatnonzero(active)
         v = np.flatnonzero(verify)
-        V = np.concatenate([P[:, a], X[:, v]], axis=1) if v.size else P[:, a]
+        V = (np.concatenate([P[:, a], X[:, v]], axis=1) if v.size
+             else (P if a.size == k else P[:, a]))
         CV = matvec(V)
         n_reduce += 1
         if v.size:
@@ -100,16 +101,24 @@ def block_pcg(matvec, B: np.ndarray, precond, tol: float = 1e-8, max_iter: int =
                 rz[again] = _cdot(R[:, again], Zr)
                 active[again] = True
         if a.size:
+            # every column active: views, updated in place (no copies of dim × k blocks)
+            sel = slice(None) if a.size == k else a
             Q = CV[:, :a.size]
-            Pa = P[:, a]
+            Pa = P[:, sel]
             pq = _cdot(Pa, Q)
             if np.any(pq <= 0.0):
                 from .._errors import DataError
                 raise DataError("the MME are not positive definite (p'Cp ≤ 0 in PCG)")
             alpha = rz[a] / pq
-            X[:, a] += Pa * alpha
-            Ra = R[:, a] - Q * alpha
-            R[:, a] = Ra
+            if a.size == k:
+                X += Pa * alpha
+                Q *= alpha
+                R -= Q
+                Ra = R
+            else:
+                X[:, a] += Pa * alpha
+                Ra = R[:, a] - Q * alpha
+                R[:, a] = Ra
             rel[a] = np.sqrt(_cdot(Ra, Ra)) / safe[a]
             it += 1
             hist.append(float(rel[a].max()))
@@ -117,7 +126,14 @@ def block_pcg(matvec, B: np.ndarray, precond, tol: float = 1e-8, max_iter: int =
             verify[a[small]] = True
             active[a[small]] = False
             go = a[~small]
-            if go.size:
+            if go.size == k:
+                Zg = precond(R)
+                rz_new = _cdot(R, Zg)
+                beta = rz_new / rz
+                rz[:] = rz_new
+                P *= beta
+                P += Zg
+            elif go.size:
                 Zg = precond(R[:, go])
                 rz_new = _cdot(R[:, go], Zg)
                 beta = rz_new / rz[go]
