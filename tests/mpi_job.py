@@ -7,7 +7,7 @@ by rank 0, as ``mme: error: ...`` and every rank exits with status 1.
 
 ``--fault`` makes one rank misbehave: ``differ`` (other variances), ``unreadable``
 (its slice's file does not exist), ``raise`` (an error while building its rows),
-``stuck`` (it sleeps instead of joining a collective).
+``stuck`` (it sleeps instead of joining a collective), ``killed`` (SIGKILL).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--tol", type=float, default=1e-12)
     ap.add_argument("--timeout", type=float, default=60.0)
-    ap.add_argument("--fault", choices=["differ", "unreadable", "raise", "stuck"])
+    ap.add_argument("--fault", choices=["differ", "unreadable", "raise", "stuck", "killed"])
     ap.add_argument("--fault-rank", type=int, default=1)
     ap.add_argument("--factors", default="", help="columns read as strings, comma-separated")
     ap.add_argument("--mcreml", action="store_true")
@@ -57,6 +57,10 @@ def main() -> int:
             variances = {k: 2 * v for k, v in variances.items()}
         if bad and a.fault == "stuck":
             time.sleep(3600)
+        if bad and a.fault == "killed":
+            import os
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
         if a.mcreml:
             from mme.distributed import mc_reml
             res = mc_reml(a.formula, df, relmat=relmat, start=variances, comm=comm,
