@@ -19,8 +19,10 @@ y = 10 + 0.5·male + herd + a + e with herds of ~50 records, σ²ₐ = 0.4, σ²
 σ²ₑ = 0.6. Every rank makes the same pedigree and true values (seeded: the pedigree is
 replicated, as in the solver), and only its own records: residuals and herds come
 from one random stream per block of 65,536 animals, so a record is the same whatever
-the number of ranks. Rank 0 alone builds A⁻¹ (``mme.Pedigree``, with inbreeding);
-the animal column holds level positions (relmat ``(RangeIndex(N), A⁻¹)``).
+the number of ranks. A⁻¹ (``mme.Pedigree``, with inbreeding) is built by every rank,
+each keeping its share of G⁻¹'s rows (``--ginv split``, the default), or by rank 0
+alone (``--ginv root``); the animal column holds level positions (relmat
+``(RangeIndex(N), A⁻¹)``).
 
 Model ``y ~ sex + (1|herd) + (1|id)`` at the true variances; PCG with the block
 preconditioner to a relative residual of 1e-8.
@@ -125,8 +127,10 @@ def worker(a) -> None:
     sire, dam, male, tbv = pedigree(a.n, a.seed)
     t["pedigree"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    Kinv, logdet = ainverse(sire, dam) if comm.is_root else (None, 0.0)
+    Kinv, logdet = (ainverse(sire, dam) if comm.is_root or a.ginv == "split"
+                    else (None, 0.0))
     t["ainverse"] = time.perf_counter() - t0
+    comm.allreduce(np.zeros(1), "waiting for A⁻¹ on rank 0")      # stages timed apart
     del sire, dam
     rss_setup = _rss_gib()
     part = RowPartition.even(a.n, comm.size)
@@ -136,7 +140,8 @@ def worker(a) -> None:
     del male
     relmat = {"id": (pd.RangeIndex(a.n), Kinv, logdet)}
     t0 = time.perf_counter()
-    design = build_local_design(FORMULA, df, comm, relmat)
+    design = build_local_design(FORMULA, df, comm, relmat,
+                                kinv="all" if a.ginv == "split" else "root")
     t["design"] = time.perf_counter() - t0
     del Kinv, relmat, df
     out = {"n": a.n, "ranks": comm.size, "rows": list(design.partition.counts),
@@ -144,7 +149,7 @@ def worker(a) -> None:
     if a.mc_worker:
         from mme.distributed import mc_reml_design
         t0 = time.perf_counter()
-        res = mc_reml_design(design, comm, n_samples=a.samples, seed=a.seed,
+        res = mc_reml_design(design, comm, n_samples=a.samples, seed=a.seed, ginv=a.ginv,
                              callback=(lambda r: print(r, flush=True)) if comm.is_root
                              else None)
         t["mc_reml"] = time.perf_counter() - t0
@@ -154,10 +159,11 @@ def worker(a) -> None:
                             "history": res.history})
     else:
         n_red0 = comm.n_collectives
-        res = solve_distributed(design, VARIANCES, comm, tol=1e-8, max_iter=10_000)
-        t["pcg_setup"] = res.seconds["setup"]
-        t["pcg_solve"] = res.seconds["solve"]
-        out.update(pcg_iterations=res.n_iter, rel_residual=res.rel_residual,
+        res = solve_distributed(design, VARIANCES, comm, tol=1e-8, max_iter=10_000,
+                                ginv=a.ginv)
+        for key in ("setup", "solve", "local_products", "allreduce", "vector_updates"):
+            t["pcg_" + key] = res.seconds[key]
+        out.update(ginv=a.ginv, pcg_iterations=res.n_iter, rel_residual=res.rel_residual,
                    converged=res.converged, ms_per_iteration=1e3 * res.seconds_per_iteration,
                    nnz_local=res.nnz_local, collectives=comm.n_collectives - n_red0,
                    seconds_waiting=comm.seconds_waiting)
@@ -209,21 +215,29 @@ def render(results: dict, machine: str) -> str:
              "iteration. Records generated per rank (docstring of the script). `mpiexec` "
              "from the pip `mpich` wheel; both ranks share the machine's 2 cores with "
              "other jobs (see the CPU share column).", "",
-             "| animals | ranks | rows per rank | PCG iterations | ms / iteration | "
-             "PCG solve s | setup s (design + PCG setup) | peak RSS per rank GiB | "
-             "others' CPU share | wall s |",
-             "|---:|---:|---|---:|---:|---:|---:|---|---:|---:|"]
+             "Per iteration, on rank 0: *local* = its W'W v and G⁻¹v, *reduce* = the "
+             "Allreduce including the wait for the slowest rank, *vectors* = the "
+             "replicated PCG updates and preconditioner (the part that does not shrink "
+             "with more ranks).", "",
+             "| animals | ranks | rows per rank | PCG iterations | ms / iteration | local | "
+             "reduce | vectors | A⁻¹ s (rank 0) | design s | PCG setup s | peak RSS per rank "
+             "GiB | others' CPU share | wall s |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in results["runs"]:
         if "error" in r:
             lines.append(f"| {r['n']:,} | {r['ranks']} | – | {r['error']} | | | | | | "
                          f"{r['wall']:.0f} |")
             continue
         pr = r["per_rank"]
-        setup = max(p["seconds"].get("design", 0) for p in pr) + r.get("pcg_setup_s", 0)
+        s0 = pr[0]["seconds"]
+        it = max(r["pcg_iterations"], 1)
+        per = " | ".join(f"{1e3 * s0['pcg_' + k] / it:.1f}"
+                         for k in ("local_products", "allreduce", "vector_updates"))
         lines.append(
             f"| {r['n']:,} | {r['ranks']} | {', '.join(f'{c:,}' for c in r['rows'])} | "
-            f"{r['pcg_iterations']} | {r['ms_per_iteration']:.1f} | "
-            f"{pr[0]['seconds']['pcg_solve']:.1f} | {setup:.1f} | "
+            f"{r['pcg_iterations']} | {r['ms_per_iteration']:.1f} | {per} | "
+            f"{s0['ainverse']:.1f} | {max(p['seconds']['design'] for p in pr):.1f} | "
+            f"{s0['pcg_setup']:.1f} | "
             f"{', '.join(format(p['peak_rss_gib'], '.2f') for p in pr)} | "
             f"{100 * r.get('cpu_other_during', float('nan')):.0f}% | {r['wall']:.0f} |")
     if results.get("mcreml"):
@@ -275,6 +289,9 @@ def main() -> None:
                     help="N:K pairs, comma-separated")
     ap.add_argument("--mcreml", default="", help="N:K pairs for Monte-Carlo REML")
     ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument("--ginv", default="split", choices=["split", "root"],
+                    help="G⁻¹ products: every rank its share of rows (each builds A⁻¹), "
+                         "or rank 0 alone")
     ap.add_argument("--direct", action="store_true",
                     help="also run exact AI-REML (mme.fit) at each --mcreml size")
     ap.add_argument("--timeout", type=float, default=3600)
@@ -297,13 +314,11 @@ def main() -> None:
 
     def job(n, k, extra=()):
         cmd = [_mpiexec(), "-n", str(k), *env_cmd, "--n", str(n), "--seed", str(a.seed),
-               "--out", tmp, *extra]
+               "--out", tmp, "--ginv", a.ginv, *extra]
         print(f"[bench_mpi] {n:,} animals on {k} rank(s) {' '.join(extra)}", flush=True)
         r = run_worker(cmd, tmp, a.timeout, a.wait_idle)
         r.setdefault("n", n)
         r.setdefault("ranks", k)
-        if "per_rank" in r:
-            r["pcg_setup_s"] = r["per_rank"][0]["seconds"].get("pcg_setup", 0.0)
         print(json.dumps({k: v for k, v in r.items() if k != "per_rank"}, default=float),
               flush=True)
         return r

@@ -141,9 +141,10 @@ def _run(cfg, progress: Progress, comm, out: Path) -> int:
                                    cfg.pedigree_columns, progress if comm.is_root else None)
             relmat = {r: ped for r in cfg.relmat}
     if relmat:
-        progress.note(f"pedigree: {ped.n:,} animals (read by every rank; A^-1 on rank 0)")
+        progress.note(f"pedigree: {ped.n:,} animals (read by every rank, each builds A^-1 and "
+                      "keeps its share of G^-1's rows)")
     t = time.perf_counter()
-    design = dist.build_local_design(cfg.formula, df, comm, relmat)
+    design = dist.build_local_design(cfg.formula, df, comm, relmat, kinv="all")
     levels = ", ".join(f"{b.group} {len(b.levels):,}" for b in design.blocks)
     progress.note(f"design: {design.n_total:,} records after dropping missing values, "
                   f"{design.partition.describe()}; {design.p} fixed effects"

@@ -35,7 +35,9 @@ __all__ = ["DistributedResult", "blup_distributed", "solve_distributed"]
 class DistributedResult(PCGResult):
     """A PCGResult with the distribution facts.
 
-    ``partition`` (rows per rank), ``ranks``, ``seconds_per_iteration``,
+    ``partition`` (rows per rank), ``ranks``, ``seconds_per_iteration``; ``seconds``
+    splits the solve into ``local_products`` (this rank's W'W V, G⁻¹V),
+    ``allreduce`` (including waiting for the slowest rank) and ``vector_updates``;
     ``n_reduce`` (Allreduce calls of the iterations), ``nnz_local`` (nonzeros this
     rank multiplies by per iteration).
     """
@@ -53,11 +55,14 @@ def blup_distributed(formula: str, data: pd.DataFrame, variances: dict,
     """BLUE/BLUP at known variances, this rank holding the records ``data``.
 
     Collective: every rank calls it with its rows and the same formula, variances
-    and options (a difference is refused). Keywords go to :func:`solve_distributed`.
+    and options (a difference is refused). Keywords go to :func:`solve_distributed`;
+    with ``ginv="root"`` only rank 0 builds A⁻¹ (less memory on the others, rank 0
+    does the G⁻¹ products alone), by default every rank builds it and keeps its share.
     """
     comm = world() if comm is None else comm
     t0 = time.perf_counter()
-    design = build_local_design(formula, data, comm, relmat)
+    design = build_local_design(formula, data, comm, relmat,
+                                kinv="root" if kw.get("ginv") == "root" else "all")
     t1 = time.perf_counter()
     res = solve_distributed(design, variances, comm, **kw)
     res.seconds = {"design": t1 - t0, **res.seconds}
@@ -66,7 +71,7 @@ def blup_distributed(formula: str, data: pd.DataFrame, variances: dict,
 
 def solve_distributed(design: LocalDesign, variances: dict, comm: Communicator,
                       tol: float = 1e-8, max_iter: int = 5000, preconditioner: str = "block",
-                      warn: bool = True) -> DistributedResult:
+                      warn: bool = True, ginv: str = "auto") -> DistributedResult:
     """Solve the MME of a distributed design at known variances by PCG.
 
     Parameters
@@ -79,19 +84,24 @@ def solve_distributed(design: LocalDesign, variances: dict, comm: Communicator,
         Stop when ‖rhs − C x‖ / ‖rhs‖ ≤ tol (true residual).
     max_iter : int
     preconditioner : "block" (default) or "jacobi"
+    ginv : "auto", "split" or "root"
+        Who multiplies by G⁻¹: every rank its share of the rows ("split", when every
+        rank holds K⁻¹; "auto" chooses it then) or rank 0 alone ("root").
     """
     comm.check_same("the solver's parameters", variances=variances, tol=float(tol),
-                    max_iter=int(max_iter), preconditioner=preconditioner)
+                    max_iter=int(max_iter), preconditioner=preconditioner, ginv=ginv)
     t0 = time.perf_counter()
     with comm.step("reading the variances"):
         G0s, R0 = parse_variances(design.blocks, variances)
-    op = DistributedOperator(design, G0s, float(R0[0, 0]), comm)
+    op = DistributedOperator(design, G0s, float(R0[0, 0]), comm, ginv=ginv)
     with comm.step("building the preconditioner"):
         M = BlockPreconditioner(op, preconditioner)
     rhs = op.rhs(design.y, "W'y")
     t1 = time.perf_counter()
+    l0, r0 = op.seconds_local, op.seconds_reduce
     r = block_pcg(op.matvec, rhs, M, tol=tol, max_iter=max_iter)
     t2 = time.perf_counter()
+    local, reduce = op.seconds_local - l0, op.seconds_reduce - r0
     x = r.X[:, 0]
     if not r.converged[0] and warn and comm.is_root:
         import warnings
@@ -103,7 +113,9 @@ def solve_distributed(design: LocalDesign, variances: dict, comm: Communicator,
         fixed_effects=fixed, random_effects=rand, solutions=sol, solution=x,
         n_iter=r.n_iter, rel_residual=float(r.rel_residual[0]),
         converged=bool(r.converged[0]), residual_history=r.history,
-        seconds={"setup": t1 - t0, "solve": t2 - t1}, preconditioner=preconditioner,
+        seconds={"setup": t1 - t0, "solve": t2 - t1, "local_products": local,
+                 "allreduce": reduce, "vector_updates": t2 - t1 - local - reduce},
+        preconditioner=preconditioner,
         operator="data (distributed)",
         variances={k: (np.asarray(v).tolist() if np.ndim(v) else float(v))
                    for k, v in variances.items()},

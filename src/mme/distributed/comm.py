@@ -50,7 +50,11 @@ _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 #: seconds a collective may wait for the other ranks (MME_MPI_TIMEOUT overrides)
 DEFAULT_TIMEOUT = 600.0
 
-#: polling of a non-blocking collective: first sleep and the longest one (seconds)
+#: polling of a non-blocking collective: MPI advances a collective only inside MPI calls,
+#: so it is tested without pause for _SPIN seconds (a blocking Allreduce spins too), then
+#: with pauses from _POLL_FIRST up to _POLL_MAX (a rank waiting long for a slow one
+#: leaves the CPU to others). Sleeping from the start made a 1.6 MB Allreduce 3.6x slower.
+_SPIN = 0.5
 _POLL_FIRST, _POLL_MAX = 2e-5, 2e-3
 
 
@@ -160,9 +164,12 @@ class Communicator:
     def _wait(self, req, what: str) -> None:
         t0 = time.perf_counter()
         deadline = t0 + self.timeout
+        spin_until = t0 + _SPIN
         pause = _POLL_FIRST
         while not req.Test():
             now = time.perf_counter()
+            if now < spin_until:
+                continue            # MPI progresses a collective only inside its calls
             if now > deadline:
                 raise DistributedError(
                     f"rank {self.rank}: no answer from the other ranks within "

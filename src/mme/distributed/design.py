@@ -103,7 +103,7 @@ def _sorted_union(lists: list) -> list:
 
 
 def build_local_design(formula: str, data: pd.DataFrame, comm: Communicator,
-                       relmat: dict | None = None) -> LocalDesign:
+                       relmat: dict | None = None, kinv: str = "root") -> LocalDesign:
     """This rank's rows of the design (collective: every rank calls it with its rows).
 
     Parameters
@@ -116,7 +116,13 @@ def build_local_design(formula: str, data: pd.DataFrame, comm: Communicator,
     relmat : dict, optional
         ``{"id": Pedigree}`` or ``{"id": (levels, Kinv)}``; on ranks other than 0 the
         K⁻¹ of a pair may be None (only its levels are used there).
+    kinv : "root" or "all"
+        Which ranks build K⁻¹ (A⁻¹ from the pedigree): rank 0 only (it applies G⁻¹,
+        ``DistributedOperator(ginv="root")``), or every rank (each then keeps its
+        share of G⁻¹'s rows, ``ginv="split"``).
     """
+    if kinv not in ("root", "all"):
+        raise OptionError(f"kinv must be 'root' or 'all', got {kinv!r}")
     relmat = dict(relmat or {})
     with comm.step("checking the formula and columns"):
         if not isinstance(formula, str):
@@ -180,7 +186,8 @@ def build_local_design(formula: str, data: pd.DataFrame, comm: Communicator,
         blocks = []
         for i, t in enumerate(mf.random):
             if t.group in relmat:
-                blocks.append(_relmat_block(t, data, relmat[t.group], comm.rank == 0))
+                blocks.append(_relmat_block(t, data, relmat[t.group],
+                                            comm.rank == 0 or kinv == "all"))
             else:
                 j = groupings.index(t)
                 union = pd.concat([g[1][j] for g in gathered], ignore_index=True)

@@ -115,7 +115,8 @@ def mc_reml(formula: str, data: pd.DataFrame, relmat: dict | None = None,
     ``tol``, ``max_mc_se_ratio``, ``max_samples``, ``callback``).
     """
     comm = world() if comm is None else comm
-    design = build_local_design(formula, data, comm, relmat)
+    design = build_local_design(formula, data, comm, relmat,
+                                kinv="root" if kw.get("ginv") == "root" else "all")
     return mc_reml_design(design, comm, start=start, **kw)
 
 
@@ -196,7 +197,8 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
                    n_samples: int = 50, seed: int = 1, max_iter: int = 50,
                    step_tol: float = 0.05, tol: float = 1e-8,
                    max_mc_se_ratio: float | None = None, max_samples: int = 800,
-                   preconditioner: str = "block", callback=None) -> MCREMLResult:
+                   preconditioner: str = "block", callback=None, ginv: str = "auto"
+                   ) -> MCREMLResult:
     """Monte-Carlo AI-REML on a distributed design (see the module docstring).
 
     Parameters
@@ -241,7 +243,7 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
         it += 1
         t0 = time.perf_counter()
         G0s = [np.array([[t]]) for t in theta[:-1]]
-        op = DistributedOperator(design, G0s, theta[-1], comm)
+        op = DistributedOperator(design, G0s, theta[-1], comm, ginv=ginv)
         with comm.step("building the preconditioner"):
             M = BlockPreconditioner(op, preconditioner)
         Y = np.column_stack([design.y, draws.simulate(theta)])
