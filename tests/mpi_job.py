@@ -33,6 +33,7 @@ def main() -> int:
     ap.add_argument("--fault-rank", type=int, default=1)
     ap.add_argument("--factors", default="", help="columns read as strings, comma-separated")
     ap.add_argument("--mcreml", action="store_true")
+    ap.add_argument("--ginv", default="auto", help="auto | split | root")
     ap.add_argument("--samples", type=int, default=50)
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
@@ -69,13 +70,14 @@ def main() -> int:
                    "converged": res.converged, "ranks": comm.size}
         else:
             res = blup_distributed(a.formula, df, variances, relmat=relmat, comm=comm,
-                                   tol=a.tol)
+                                   tol=a.tol, ginv=a.ginv)
             out = {"fixed": res.fixed_effects["estimate"].to_dict(),
                    "random": res.random_effects[["group", "term", "level", "blup"]]
                    .to_dict("list"),
                    "n_iter": res.n_iter, "rel_residual": res.rel_residual,
                    "converged": res.converged, "counts": list(res.partition.counts),
-                   "ranks": res.ranks, "n_reduce": res.n_reduce}
+                   "ranks": res.ranks, "n_reduce": res.n_reduce,
+                   "nnz_local": comm.allgather(res.nnz_local, "nonzeros per rank")}
     except DistributedError as exc:
         if comm.rank == 0:
             print(f"mme: error: {exc}", file=sys.stderr, flush=True)

@@ -261,8 +261,25 @@ def test_mpi_two_ranks_equal_direct(cases, name, tmp_path):
     n = len(case["data"])
     assert out["counts"] == [n - n // 2, n // 2]
     assert out["n_reduce"] == out["n_iter"] + 1      # one Allreduce per iteration (+ check)
+    if n > 1000:                                     # G⁻¹'s rows split: balanced work
+        lo, hi = min(out["nnz_local"]), max(out["nnz_local"])
+        assert hi <= 1.2 * lo, out["nnz_local"]
     rand = pd.DataFrame(out["random"])
     print(name, "max rel", _compare(out["fixed"], rand, case["fit"]))
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_mpi_ginv_on_rank_0_alone_equals_direct(cases, tmp_path):
+    """ginv="root": only rank 0 builds A⁻¹ and multiplies by G⁻¹ (the default splits its
+    rows over the ranks, each building A⁻¹): the same solutions."""
+    case = cases("sim10k")
+    proc, out = run_job(2, tmp_path / "out.json", case["dir"] / "data.csv", case["formula"],
+                        case["variances"], "--ginv", "root", factors=case["factors"],
+                        pedigree=case["dir"] / "ped.csv")
+    assert proc.returncode == 0, proc.stderr
+    assert out["nnz_local"][0] > 2 * out["nnz_local"][1]     # rank 0 holds all of A⁻¹
+    _compare(out["fixed"], pd.DataFrame(out["random"]), case["fit"])
 
 
 @needs_mpi
