@@ -63,3 +63,9 @@ class SingularFitWarning(UserWarning):
 
 class DroppedRowsWarning(UserWarning):
     """Rows with missing values in the model's columns were dropped."""
+
+
+class DistributedError(MMEError, RuntimeError):
+    """A distributed (MPI) run failed: a rank raised, could not read its slice, timed
+    out in a collective operation, or was given different parameters. The message
+    names the rank(s) and the reason; every rank raises the same message."""

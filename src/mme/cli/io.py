@@ -85,7 +85,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
 
 def read_table(path, sep: str = "auto", names=None, factors=(), missing=None,
-               what: str = "data") -> pd.DataFrame:
+               what: str = "data", rows: tuple | None = None) -> pd.DataFrame:
     """Read one data file.
 
     Parameters
@@ -99,12 +99,15 @@ def read_table(path, sep: str = "auto", names=None, factors=(), missing=None,
         Columns read as strings (ids, codes); each must exist.
     missing : list of str, optional
         Extra tokens that mean a missing value (besides pandas' NA, NaN, empty).
+    rows : (start, count), optional
+        Read only these data rows (0 = the first after the header): a rank's slice
+        in a distributed run (``mme.distributed.partition``).
     """
     path = _check_file(path, what)
     factors = list(dict.fromkeys(factors or ()))
     s = resolve_sep(path, sep)
     if s == "parquet":
-        df = _read_parquet(path)
+        df = _read_parquet(path) if rows is None else _read_parquet_rows(path, *rows)
         if names:
             raise InputError(f"{path}: Parquet files name their own columns (drop names)")
     else:
@@ -122,6 +125,9 @@ def read_table(path, sep: str = "auto", names=None, factors=(), missing=None,
                     "names = [...] in the parameter file)")
         kw = dict(sep=s, header=header, names=names, dtype={c: str for c in factors},
                   na_values=list(missing) if missing else None, skipinitialspace=s != r"\s+")
+        if rows is not None:
+            first = 0 if names else 1
+            kw.update(skiprows=range(first, first + rows[0]), nrows=rows[1])
         try:
             df = pd.read_csv(path, **kw)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
@@ -137,6 +143,33 @@ def read_table(path, sep: str = "auto", names=None, factors=(), missing=None,
         col = df[c]
         df[c] = col.where(col.isna(), col.astype(str).str.strip())
     return df
+
+
+def _read_parquet_rows(path: Path, start: int, count: int) -> pd.DataFrame:
+    """Rows start … start + count − 1 of a Parquet file, reading only the row groups
+    that hold them."""
+    _read_parquet_check(path)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pf = pq.ParquetFile(path)
+    first, groups = 0, []
+    for g in range(pf.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if first < start + count and first + n > start:
+            groups.append((g, first))
+        first += n
+    if not groups or count == 0:
+        return pf.schema_arrow.empty_table().to_pandas()
+    table = pf.read_row_groups([g for g, _ in groups])
+    return table.slice(start - groups[0][1], count).to_pandas()
+
+
+def _read_parquet_check(path: Path) -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise InputError(f"{path}: reading Parquet needs pyarrow, which is not installed: "
+                         "pip install 'mme[parquet]' (or pyarrow>=12)") from None
 
 
 def read_tables(paths, **kw) -> pd.DataFrame:
@@ -165,7 +198,7 @@ def read_pedigree_frame(path, sep: str = "auto", columns=("id", "sire", "dam"),
     s = resolve_sep(path, sep)
     id_, sire, dam = columns
     if s == "parquet":
-        df = _read_parquet(path).astype(str)
+        df = _read_parquet(path) if rows is None else _read_parquet_rows(path, *rows).astype(str)
     else:
         if header == "auto":
             first = [t.strip().strip('"') for t in re.split(s, _first_line(path).strip())]

@@ -15,6 +15,7 @@ import sys
 import traceback
 
 from .. import MMEError
+from .._errors import DistributedError
 from . import params
 from .errors import EXIT_INPUT, InputError
 from .genomic import MODELS as GENOMIC_MODELS, TUNES, GenomicConfig
@@ -51,6 +52,9 @@ def _common(p, toml: bool = False):
                    help="BLAS threads of the run, in every pool (CHOLMOD's system BLAS and "
                         "NumPy/SciPy's)" + (" (overrides [options] threads)" if toml else
                                             " (default: as the libraries start)"))
+    g.add_argument("--samples", type=int, help="MC-REML: simulated data sets solved with the "
+                                                 "data (default 50)")
+    g.add_argument("--seed", type=int, help="MC-REML: seed of the simulated data (default 1)")
     g.add_argument("--quiet", action="store_true", help="no progress on stderr, no summary")
     g.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
@@ -103,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="single-step: H^-1 = A^-1 + [0 0; 0 tau G^-1 - omega A22^-1] "
                          "(default 1)")
     gg.add_argument("--omega", type=float, help="see --tau (default 1)")
-    f.add_argument("--method", default="REML", type=str.upper, choices=["REML", "ML"])
+    f.add_argument("--method", default="REML", type=str.upper,
+                   choices=["REML", "ML", "MC-REML"],
+                   help="REML (default), ML, or MC-REML: Monte-Carlo REML by distributed "
+                        "PCG, the way to estimate variances under mpiexec -n K > 1 "
+                        "(docs/cluster.md)")
     f.add_argument("--variances", help="known variances: BLUP without REML, e.g. "
                                        "\"id=30,Residual=60\" (matrices as [[..],[..]])")
     f.add_argument("--solver", default="direct", choices=["direct", "pcg"],
@@ -187,6 +195,12 @@ def _config(args):
         cfg.checkpoint = args.checkpoint
     if args.max_iter is not None:
         cfg.max_iter = args.max_iter
+    if args.samples is not None:
+        cfg.mc_samples = args.samples
+    if args.seed is not None:
+        cfg.mc_seed = args.seed
+    if cfg.mc_samples < 2:
+        raise InputError(f"samples must be at least 2, got {cfg.mc_samples}")
     if args.ordering:
         cfg.ordering = args.ordering
     if args.threads is not None:
@@ -233,12 +247,19 @@ def main(argv=None) -> int:
     try:
         return _dispatch(args)
     except (InputError, MMEError, OSError, UnicodeDecodeError) as exc:
+        from ..distributed.comm import launched
+        rank, size = launched()
         if getattr(args, "debug", False):
             traceback.print_exc()
         msg = " ".join(str(exc).split())
         if isinstance(exc, OSError) and exc.filename:
             msg = f"{exc.filename}: {exc.strerror}"
-        print(f"mme: error: {msg}", file=sys.stderr)
+        if rank == 0:
+            # under MPI every rank raises the same (agreed) error: rank 0 reports it
+            print(f"mme: error: {msg}", file=sys.stderr, flush=True)
+        if size > 1 and isinstance(exc, DistributedError) and "no answer" in msg:
+            from ..distributed import world
+            world().abort(EXIT_INPUT)      # a rank is stuck: end the whole job
         return EXIT_INPUT
 
 

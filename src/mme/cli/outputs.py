@@ -12,7 +12,10 @@
 
 Numbers are written with full precision (they read back to the same floats), so the
 files equal the Python API's tables. A PCG solve at known variances writes only
-fixed_effects.csv (estimate) and random_effects.csv (blup) and summary.txt.
+fixed_effects.csv (estimate) and random_effects.csv (blup) and summary.txt; a
+Monte-Carlo REML run (``--method MC-REML``) writes those, variance_components.csv
+(group, estimate, std_error, mc_se) and iteration_log.csv (one row per round: θ, its
+Monte-Carlo SE, samples, PCG iterations, seconds).
 """
 from __future__ import annotations
 
@@ -74,5 +77,40 @@ def write_pcg(out, result, formula: str) -> list:
         f"PCG {state} in {result.n_iter} iterations, relative residual "
         f"{result.rel_residual:.3g} ({result.preconditioner} preconditioner)\n"
         "No PEV or reliabilities: they need the inverse of the coefficient matrix.\n",
+        encoding="utf-8")
+    return paths
+
+
+def write_mcreml(out, result, formula: str) -> list:
+    """Write a Monte-Carlo REML run (``mme.distributed.MCREMLResult``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = ["fixed_effects.csv", "random_effects.csv", "variance_components.csv",
+             "iteration_log.csv", "summary.txt"]
+    paths = [out / n for n in names]
+    result.fixed_effects.to_csv(paths[0], index_label="term")
+    result.random_effects.to_csv(paths[1], index=False)
+    result.table.to_csv(paths[2], index=False)
+    groups = list(result.variances)
+    rows = []
+    for rec in result.history:
+        row = {"iteration": rec["iteration"]}
+        row |= {f"theta_{g}": v for g, v in zip(groups, rec["theta"])}
+        row |= {f"mc_se_{g}": v for g, v in zip(groups, rec["mc_se"])}
+        row |= {k: rec[k] for k in ("n_samples", "pcg_iterations", "pcg_iterations_ai",
+                                    "seconds")}
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(paths[3], index=False)
+    state = "converged" if result.converged else "NOT converged"
+    paths[4].write_text(
+        "Variance components by Monte-Carlo AI-REML (mme.distributed; Matilainen et al. "
+        "2013)\n"
+        f"Formula: {formula}\n"
+        f"{state} after {result.n_iter} rounds, {result.n_samples} Monte-Carlo samples, "
+        f"{result.pcg_iterations} PCG iterations\n\n"
+        + result.table.to_string(index=False) + "\n\n"
+        "std_error: sampling SE from the average information; mc_se: Monte-Carlo SE of "
+        "the estimate (more samples make it smaller).\n"
+        "Fixed and random effects: BLUE/BLUP at the estimates (no PEV).\n",
         encoding="utf-8")
     return paths

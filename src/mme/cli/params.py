@@ -18,7 +18,7 @@ Keys (only ``data.files`` and ``model.formula`` are required)::
 
     [model]
     formula = "weight ~ sex + (1|herd) + (1|id)"
-    method = "REML"              # REML | ML
+    method = "REML"              # REML | ML | MC-REML (Monte-Carlo REML, also under MPI)
     relmat = ["id"]              # random terms whose covariance is sigma2 A (pedigree)
     residual = "us(trait)"       # us(trait) | diag(trait) | by(col) | ar1(col):ar1(row) ...
     weights = "w"                # column of prior weights: Var(e_i) = sigma2 / w_i
@@ -57,6 +57,8 @@ Keys (only ``data.files`` and ``model.formula`` are required)::
     solver = "direct"            # direct (CHOLMOD) | pcg: BLUP by conjugate gradients at
                                  # known [model.variances], no factorization (no PEV)
     threads = 2                  # BLAS threads of the run, every pool (default: as is)
+    samples = 50                 # MC-REML: simulated data sets (right-hand sides)
+    seed = 1                     # MC-REML: seed of the simulated data
 
     [output]
     folder = "results"           # default: "mme_out" beside the parameter file
@@ -77,7 +79,8 @@ SCHEMA = {
               "variances"},
     "pedigree": {"file", "sep", "missing", "columns"},
     "genomic": {"file", "sep", "term", "model", "blend", "tune", "tau", "omega"},
-    "options": {"max_iter", "ordering", "checkpoint", "memory_limit", "solver", "threads"},
+    "options": {"max_iter", "ordering", "checkpoint", "memory_limit", "solver", "threads",
+                "samples", "seed"},
     "output": {"folder"},
 }
 REQUIRED = (("data", "files"), ("model", "formula"))
@@ -111,6 +114,8 @@ class RunConfig:
     memory_limit: str | None = None
     solver: str = "direct"
     threads: int | None = None
+    mc_samples: int = 50
+    mc_seed: int = 1
     out: str = "mme_out"
     source: str = "command line"
 
@@ -177,8 +182,9 @@ def load_params(path) -> RunConfig:
     if "missing" in data:
         cfg.missing = [str(v) for v in _type(where, data["missing"], list, "[data] missing")]
     cfg.method = _type(where, model.get("method", "REML"), str, "[model] method").upper()
-    if cfg.method not in ("REML", "ML"):
-        raise InputError(f"{where}: [model] method must be REML or ML, got {cfg.method!r}")
+    if cfg.method not in ("REML", "ML", "MC-REML"):
+        raise InputError(f"{where}: [model] method must be REML, ML or MC-REML, got "
+                         f"{cfg.method!r}")
     cfg.relmat = _str_list(where, model.get("relmat", []), "[model] relmat")
     cfg.residual = _type(where, model.get("residual"), (str, type(None)), "[model] residual")
     cfg.weights = _type(where, model.get("weights"), (str, type(None)), "[model] weights")
@@ -221,6 +227,8 @@ def load_params(path) -> RunConfig:
     if "threads" in opt:
         cfg.threads = _type(where, opt["threads"], int, "[options] threads")
         check_threads(cfg.threads, f"{where}: [options] threads")
+    cfg.mc_samples = _type(where, opt.get("samples", 50), int, "[options] samples")
+    cfg.mc_seed = _type(where, opt.get("seed", 1), int, "[options] seed")
     cfg.out = rel(_type(where, out.get("folder", "mme_out"), str, "[output] folder"))
     return cfg
 

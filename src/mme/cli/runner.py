@@ -71,6 +71,9 @@ def run_fit(cfg, progress: Progress) -> int:
     Returns the exit status (0, or 2 when REML did not converge); raises InputError
     or an mme.MMEError on bad input.
     """
+    from . import distributed
+    if distributed.wanted(cfg):
+        return distributed.run(cfg, progress)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     with LogFile(out / outputs.LOG), warnings.catch_warnings(record=True) as caught, \

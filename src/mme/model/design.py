@@ -183,8 +183,14 @@ def _alias_check(X: sp.csc_matrix) -> np.ndarray:
 
     Works on the small dense p × p cross-product X'X by an in-order Cholesky.
     """
-    p = X.shape[1]
-    XtX = (X.T @ X).toarray()  # dense-ok: p × p
+    return alias_keep((X.T @ X).toarray())  # dense-ok: p × p
+
+
+def alias_keep(XtX: np.ndarray) -> np.ndarray:
+    """Keep-mask of the columns of X from its cross-product X'X (p × p, dense): the
+    rule of ``_alias_check`` (also used by the distributed design, whose X'X is a sum
+    over ranks)."""
+    p = XtX.shape[0]
     scale = np.sqrt(np.maximum(np.diag(XtX), 0.0))
     keep = np.zeros(p, dtype=bool)
     Lk = np.zeros((p, p))

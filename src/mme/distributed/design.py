@@ -1,0 +1,358 @@
+"""A rank's rows of the design, W_r = [X_r Z_r], over the columns of the whole model.
+
+Every rank holds only its own records, yet the columns of W must be the same on every
+rank and the same as ``mme.build_design`` gives for all the records together:
+
+* **Factor levels** are the union over ranks: the distinct values (or, for a
+  grouping by several columns, the distinct combinations) of each factor column are
+  gathered once, and each rank codes its rows against the union. Fixed-effect
+  factors become pandas categoricals with the union as categories (formulaic then
+  makes the same columns everywhere, in R's order); a random term's levels are what
+  ``group_codes`` gives for the union, i.e. what it gives for the whole data.
+* **Aliased fixed-effect columns** are found on X'X summed over ranks (one
+  Allreduce), by the rule of the single-machine design (``design.alias_keep``).
+* **Relationship matrices** (a pedigree's A⁻¹, or a given K⁻¹) give the levels of
+  their term on every rank; K⁻¹ itself is needed only by the rank that owns G⁻¹
+  (rank 0: :mod:`mme.distributed.operator`), so other ranks never build it. For very
+  large models a relmat may be ``(pd.RangeIndex(L), K⁻¹)`` with the data column
+  holding the level positions 0 … L−1 (no id strings; K⁻¹ None on other ranks).
+
+The models covered are those of the PCG solver: one response, R = σ²ₑI (no weights,
+no structured residual), any number of random terms ``(1|g)``, ``(x|g)``,
+``(1|g1:g2)``, with or without a relationship matrix. Fixed-effect terms must not be
+data-dependent transforms (``scale(x)``, ``poly(x, 2)``, ``center(x)``): they would
+be computed per slice; the ranks' column names are compared and a difference is
+refused.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from formulaic import Formula
+
+from .._errors import DataError, DroppedRowsWarning, FormulaError, OptionError
+from ..model.design import (KINV_SYMMETRY_TOL, UNKNOWN_TOKENS, RandomBlock, _relmat_parts,
+                            _response,
+                            alias_keep, group_codes, r_name, term_variables, used_columns)
+from ..model.formula import ModelFormula, parse_formula
+from ..model.ids import normalize_ids
+from .comm import Communicator
+from .partition import RowPartition
+
+__all__ = ["LocalDesign", "build_local_design"]
+
+
+@dataclass(frozen=True)
+class LocalDesign:
+    """This rank's rows of the MME's design, with the whole model's columns.
+
+    ``blocks`` are ``RandomBlock`` objects whose ``Z`` holds this rank's rows and
+    whose ``Kinv`` is set on the owner rank only (None elsewhere, and an identity
+    term's K⁻¹ = I is never stored).
+    """
+
+    formula: str
+    y: np.ndarray               # this rank's responses
+    W: sp.csr_matrix            # this rank's rows of [X Z₁ … Z_b]
+    p: int
+    fixed_names: tuple
+    aliased: tuple
+    blocks: tuple
+    partition: RowPartition     # rows per rank (after dropping rows with missing values)
+    rank: int
+
+    @property
+    def n(self) -> int:
+        """Records on this rank."""
+        return self.y.shape[0]
+
+    @property
+    def n_total(self) -> int:
+        return self.partition.n_rows
+
+    @property
+    def dim(self) -> int:
+        return self.W.shape[1]
+
+    @property
+    def X(self) -> sp.csr_matrix:
+        return self.W[:, :self.p]
+
+
+def _is_factor(col: pd.Series) -> bool:
+    return (isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == bool
+            or not pd.api.types.is_numeric_dtype(col))
+
+
+def _unique_values(col: pd.Series) -> list:
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return list(col.cat.categories[np.unique(col.cat.codes[col.cat.codes >= 0])])
+    return list(pd.unique(col.dropna()))
+
+
+def _sorted_union(lists: list) -> list:
+    vals = list(dict.fromkeys(v for l in lists for v in l))
+    try:
+        return sorted(vals)
+    except TypeError:
+        return sorted(vals, key=str)
+
+
+def build_local_design(formula: str, data: pd.DataFrame, comm: Communicator,
+                       relmat: dict | None = None, kinv: str = "root") -> LocalDesign:
+    """This rank's rows of the design (collective: every rank calls it with its rows).
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax, as ``mme.fit``; every rank must give the same.
+    data : DataFrame
+        This rank's records (any number, zero included).
+    comm : Communicator
+    relmat : dict, optional
+        ``{"id": Pedigree}`` or ``{"id": (levels, Kinv)}``; on ranks other than 0 the
+        K⁻¹ of a pair may be None (only its levels are used there).
+    kinv : "root" or "all"
+        Which ranks build K⁻¹ (A⁻¹ from the pedigree): rank 0 only (it applies G⁻¹,
+        ``DistributedOperator(ginv="root")``), or every rank (each then keeps its
+        share of G⁻¹'s rows, ``ginv="split"``).
+    """
+    if kinv not in ("root", "all"):
+        raise OptionError(f"kinv must be 'root' or 'all', got {kinv!r}")
+    relmat = dict(relmat or {})
+    with comm.step("checking the formula and columns"):
+        if not isinstance(formula, str):
+            raise FormulaError("the distributed solver takes the formula as a string")
+        mf = parse_formula(formula)
+        if mf.multi_response:
+            raise OptionError("cbind() multi-trait models are not supported by the "
+                              "distributed solver yet (R = σ²ₑI only): use mme.fit")
+        if not isinstance(data, pd.DataFrame):
+            raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+        for g in relmat:
+            if g not in {t.group for t in mf.random}:
+                raise FormulaError(f"relmat given for {g!r}, but the formula has no (… | {g}) "
+                                   "term")
+        cols = used_columns(mf)
+        missing = [c for c in cols if c not in data.columns]
+        if missing:
+            raise FormulaError(f"column(s) {missing} used in the formula are not in the data "
+                               f"(columns are: {list(data.columns)[:20]})")
+        nullable = {t.factors[0] for t in mf.random if t.group in relmat} - (
+            set(_fixed_cols(mf)) | {mf.response})
+        sub = data[cols]
+        keep = ~sub[[c for c in cols if c not in nullable]].isna().any(axis=1).to_numpy()
+        n_drop = int((~keep).sum())
+        if n_drop:
+            per_col = {c: int(sub[c].isna().sum()) for c in cols if sub[c].isna().any()}
+            warnings.warn(f"rank {comm.rank}: {n_drop} of {len(data)} rows dropped for "
+                          f"missing values in {per_col}", DroppedRowsWarning, stacklevel=2)
+        data = data.loc[keep]
+        kinds = {c: ("factor" if _is_factor(data[c]) else "numeric") for c in cols}
+    comm.check_same("the formula", formula=formula, relmat=sorted(relmat))
+    counts = comm.allgather(len(data), "counting the rows")
+    part = RowPartition(tuple(int(c) for c in counts))
+    if part.n_rows == 0:
+        raise DataError("no records on any rank (after dropping rows with missing values)")
+    every_kind = comm.allgather(kinds if len(data) else None, "comparing column types")
+    with comm.step("coding the factors"):
+        factor_cols = set()
+        for c in cols:
+            seen = {k[c] for k in every_kind if k is not None}
+            if len(seen) > 1:
+                who = {r: k[c] for r, k in enumerate(every_kind) if k is not None}
+                raise DataError(f"column {c!r} is numeric on some ranks and not on others "
+                                f"({who}): give it one type (e.g. read it as strings)")
+            if seen == {"factor"}:
+                factor_cols.add(c)
+        relmat_cols = {t.factors[0] for t in mf.random if t.group in relmat}
+        fixed_factor = sorted(factor_cols & set(_fixed_cols(mf) + _slope_cols(mf))
+                              - relmat_cols)
+        local_uniques = {c: _unique_values(data[c]) for c in fixed_factor}
+        groupings = [t for t in mf.random if t.group not in relmat]
+        local_combos = [data[list(t.factors)].drop_duplicates() for t in groupings]
+    gathered = comm.allgather((local_uniques, local_combos), "gathering the factor levels")
+    with comm.step("building this rank's rows of W"):
+        data = data.copy()
+        for c in fixed_factor:
+            cats = _sorted_union([g[0][c] for g in gathered])
+            data[c] = pd.Categorical(data[c], categories=cats)
+        y = _response(data, mf.response) if len(data) else np.zeros(0)
+        X, names = _fixed(mf, data)
+        blocks = []
+        for i, t in enumerate(mf.random):
+            if t.group in relmat:
+                blocks.append(_relmat_block(t, data, relmat[t.group],
+                                            comm.rank == 0 or kinv == "all"))
+            else:
+                j = groupings.index(t)
+                union = pd.concat([g[1][j] for g in gathered], ignore_index=True)
+                blocks.append(_grouping_block(t, data, union))
+    every_names = comm.allgather((names, [b.terms for b in blocks]) if len(data) else None,
+                                 "comparing the columns")
+    with comm.step("checking the columns"):
+        ref = next(e for e in every_names if e is not None)
+        for r, e in enumerate(every_names):
+            if e is not None and e != ref:
+                raise FormulaError(
+                    f"the columns of the model differ between ranks (rank {r}: {e[0]}; "
+                    f"other: {ref[0]}): a data-dependent transform in the formula "
+                    "(scale, poly, center) cannot be distributed")
+        if not len(data):
+            names = ref[0]
+            X = sp.csr_matrix((0, len(names)))
+            blocks = [RandomBlock(group=b.group, terms=ref[1][k], levels=b.levels,
+                                  Z=sp.csc_matrix((0, len(ref[1][k]) * b.n_levels)),
+                                  Kinv=b.Kinv, logdet_K=b.logdet_K, Kdiag=b.Kdiag,
+                                  k_is_identity=b.k_is_identity)
+                      for k, b in enumerate(blocks)]
+    XtX = comm.allreduce((X.T @ X).toarray(), "X'X for aliased columns")  # dense-ok: p × p
+    keep = alias_keep(XtX) if XtX.shape[0] else np.zeros(0, dtype=bool)
+    aliased = tuple(nm for nm, k in zip(names, keep) if not k)
+    if aliased and comm.rank == 0:
+        warnings.warn(f"fixed-effect columns not estimable (aliased), dropped: "
+                      f"{list(aliased)}", UserWarning, stacklevel=2)
+    X = X[:, np.flatnonzero(keep)]
+    names = tuple(nm for nm, k in zip(names, keep) if k)
+    with comm.step("checking the random terms"):
+        for b in blocks:
+            if b.n_levels < 2:
+                raise DataError(f"grouping factor {b.group!r} has a single level "
+                                f"({list(b.levels)}); its variance cannot be estimated")
+            if b.k_is_identity and part.n_rows <= b.q:
+                raise DataError(
+                    f"number of observations (={part.n_rows}) <= number of random effects "
+                    f"(={b.q}) for term ({b.group}); its variance parameters and the "
+                    "residual variance are probably unidentifiable")
+    W = sp.hstack([sp.csr_matrix(X)] + [sp.csr_matrix(b.Z) for b in blocks], format="csr")
+    W.sort_indices()
+    return LocalDesign(formula=formula, y=y, W=W, p=len(names), fixed_names=names,
+                       aliased=aliased, blocks=tuple(blocks), partition=part, rank=comm.rank)
+
+
+def _fixed_cols(mf: ModelFormula) -> list:
+    from ..model.design import _fixed_variables
+    return sorted(_fixed_variables(mf.fixed))
+
+
+def _slope_cols(mf: ModelFormula) -> list:
+    return sorted({v for t in mf.random for v in term_variables(t.expr)})
+
+
+def _fixed(mf: ModelFormula, data: pd.DataFrame) -> tuple:
+    try:
+        mm = Formula(mf.fixed).get_model_matrix(data, output="sparse", na_action="raise")
+    except Exception as exc:  # formulaic raises several parser error types
+        raise FormulaError(f"cannot build the fixed-effects matrix for {mf.fixed!r}: "
+                           f"{exc}") from exc
+    return sp.csr_matrix(mm, dtype=float), [r_name(c) for c in mm.model_spec.column_names]
+
+
+def _term_matrix(t, data: pd.DataFrame) -> tuple:
+    n = len(data)
+    for v in sorted(term_variables(t.expr)):
+        col = data[v]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            continue
+        if not pd.api.types.is_numeric_dtype(col) or col.dtype == bool:
+            raise DataError(f"random slope variable {v!r} in ({t.expr} | {t.group}) must be "
+                            f"numeric, it is {col.dtype}")
+    if t.expr.strip() == "1":
+        return np.ones((n, 1)), ("(Intercept)",)
+    mm = Formula(t.expr).get_model_matrix(data, output="pandas")
+    return (np.asarray(mm, dtype=float),
+            tuple(r_name(c) for c in mm.model_spec.column_names))
+
+
+def _z(T: np.ndarray, codes: np.ndarray, L: int) -> sp.csc_matrix:
+    n, d = T.shape
+    rows = np.tile(np.arange(n, dtype=np.int64), d)
+    cols = (np.repeat(np.arange(d, dtype=np.int64), n) * L) + np.tile(codes, d)
+    known = np.tile(codes >= 0, d)
+    Z = sp.csc_matrix((T.T.ravel()[known], (rows[known], cols[known])), shape=(n, d * L))
+    Z.eliminate_zeros()
+    return Z
+
+
+def _integer_coded(t, data: pd.DataFrame, rel, owner: bool) -> RandomBlock:
+    """A relmat given as (RangeIndex(L), K⁻¹[, log|K|]): the data column holds the level
+    positions 0 … L−1 (negative or missing: no effect). For very large models: no id
+    strings are made; K⁻¹ is used on the owner rank only (None elsewhere)."""
+    levels = rel[0]
+    L = len(levels)
+    Kinv = None
+    if owner:
+        Kinv = sp.csc_matrix(rel[1], dtype=float)
+        if Kinv.shape != (L, L):
+            raise DataError(f"relmat for {t.group!r}: K⁻¹ is {Kinv.shape}, expected "
+                            f"{L} × {L} levels")
+        asym = abs(Kinv - Kinv.T)
+        if asym.nnz and asym.max() > KINV_SYMMETRY_TOL * max(abs(Kinv).max(), 1e-300):
+            raise DataError(f"relmat for {t.group!r}: K⁻¹ is not symmetric (largest "
+                            f"|K⁻¹ − K⁻¹'| = {asym.max():.3g}); give both triangles")
+        del asym
+    col = data[t.factors[0]]
+    if len(col) and not pd.api.types.is_integer_dtype(col):
+        raise DataError(f"relmat for {t.group!r} has integer levels (a RangeIndex): column "
+                        f"{t.factors[0]!r} must hold integers 0 … {L - 1}, it is {col.dtype}")
+    codes = col.to_numpy(np.int64) if len(col) else np.zeros(0, dtype=np.int64)
+    if np.any(codes >= L):
+        bad = pd.unique(codes[codes >= L])
+        raise DataError(f"{len(bad)} {t.group!r} value(s) in the data are not levels of its "
+                        f"relationship matrix (0 … {L - 1}), e.g. {list(bad[:5])}")
+    codes = np.where(codes < 0, -1, codes)
+    T, names = _term_matrix(t, data)
+    return RandomBlock(group=t.group, terms=names, levels=levels, Z=_z(T, codes, L),
+                       Kinv=Kinv, logdet_K=float(rel[2]) if len(rel) == 3 else 0.0,
+                       Kdiag=None, k_is_identity=False)
+
+
+def _relmat_block(t, data: pd.DataFrame, rel, owner: bool) -> RandomBlock:
+    if len(t.factors) != 1:
+        raise FormulaError(f"relmat needs a single grouping column, got {t.group!r}")
+    if isinstance(rel, tuple) and len(rel) in (2, 3) and isinstance(rel[0], pd.RangeIndex):
+        return _integer_coded(t, data, rel, owner)
+    if owner:
+        levels, Kinv, logdet, Kdiag = _relmat_parts(rel, t.group)
+    elif hasattr(rel, "ids"):
+        levels, Kinv, logdet, Kdiag = pd.Index(rel.ids, dtype=object), None, 0.0, None
+    elif isinstance(rel, tuple) and len(rel) in (2, 3):
+        levels, Kinv, logdet, Kdiag = (pd.Index(normalize_ids(rel[0]), dtype=object), None,
+                                       0.0, None)
+    else:
+        raise DataError(f"relmat for {t.group!r} must be an mme.Pedigree or a (levels, Kinv) "
+                        "pair")
+    T, names = _term_matrix(t, data)
+    ids = normalize_ids(data[t.factors[0]]) if len(data) else np.zeros(0, dtype=object)
+    codes = levels.get_indexer(ids) if len(ids) else np.zeros(0, dtype=np.int64)
+    tokens = {normalize_ids(x) for x in getattr(rel, "missing_tokens", UNKNOWN_TOKENS)}
+    unknown = (codes < 0) & np.array([v is None or v in tokens for v in ids], dtype=bool)
+    bad = (codes < 0) & ~unknown
+    if bad.any():
+        vals = pd.unique(ids[bad])
+        raise DataError(f"{len(vals)} {t.group!r} value(s) in the data are not in its "
+                        f"relationship matrix / pedigree, e.g. {list(vals[:5])}")
+    return RandomBlock(group=t.group, terms=names, levels=levels,
+                       Z=_z(T, np.asarray(codes, np.int64), len(levels)), Kinv=Kinv,
+                       logdet_K=logdet, Kdiag=Kdiag, k_is_identity=False)
+
+
+def _grouping_block(t, data: pd.DataFrame, union: pd.DataFrame) -> RandomBlock:
+    union = union.drop_duplicates()
+    _, levels = group_codes(union, t.factors) if len(union) else (None, pd.Index([]))
+    T, names = _term_matrix(t, data)
+    if len(data):
+        labels = data[t.factors[0]].astype(str).to_numpy(object) if len(t.factors) == 1 else \
+            data[list(t.factors)].astype(str).agg(":".join, axis=1).to_numpy(object)
+        codes = pd.Index(levels).get_indexer(labels).astype(np.int64)
+    else:
+        codes = np.zeros(0, dtype=np.int64)
+    L = len(levels)
+    return RandomBlock(group=t.group, terms=names, levels=pd.Index(levels, dtype=object),
+                       Z=_z(T, codes, L), Kinv=sp.identity(L, format="csc"), logdet_K=0.0,
+                       Kdiag=np.ones(L),
+                       k_is_identity=True)
