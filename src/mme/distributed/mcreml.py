@@ -182,9 +182,8 @@ def _sample_k(Kinv, ns: int, rng) -> np.ndarray:
     z = rng.standard_normal((Kinv.shape[0], ns))
     if _is_identity(Kinv):
         return z
-    from sksparse.cholmod import cholesky
-    f = cholesky(sp.csc_matrix(Kinv))
-    return f.apply_Pt(f.solve_Lt(z, use_LDLt_decomposition=False))
+    from ..engine.cholesky import draw_with_precision
+    return draw_with_precision(Kinv)(z)
 
 
 def _is_identity(M) -> bool:

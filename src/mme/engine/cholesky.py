@@ -184,3 +184,14 @@ class Cholesky:
                           shape=(self.n, self.n))
         L.sort_indices()
         return L
+
+
+def draw_with_precision(Q: sp.spmatrix):
+    """A function z ↦ x with Var(x) = Q⁻¹ for standard normal z (n × m): for a sparse
+    precision Q = P'LL'P (CHOLMOD, simplicial), x = P'L'⁻¹z. One factorization, then
+    two triangular solves per call; Q⁻¹ (a relationship matrix K) is never formed."""
+    low = sp.tril(sp.csc_matrix(Q, dtype=float), format="csc")
+    low.sort_indices()
+    chol = Cholesky(low, "default", mode="simplicial")
+    chol.factorize(low)
+    return lambda z: chol.solve(chol.solve(np.asarray(z, dtype=float), "Lt"), "Pt")

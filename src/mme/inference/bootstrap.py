@@ -24,12 +24,12 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from sksparse import cholmod
 
 from scipy import optimize
 
 from .._errors import MMEError, OptionError
 from ..engine.boundary import RelativeFactorForm
+from ..engine.cholesky import draw_with_precision
 from ..engine.reml import Likelihood
 from .profile import (_psd_cholesky, check_profilable, lme4_parameters, minimize_box,
                       sdcor_of_theta)
@@ -58,12 +58,10 @@ def _block_samplers(mme, G0s):
         if s.block.k_is_identity:
             out.append(lambda rng, LG=LG, s=s: (LG @ rng.standard_normal((s.d, s.L))).ravel())
         else:
-            f = cholmod.cholesky(s.block.Kinv.tocsc(), mode="simplicial")
+            sample = draw_with_precision(s.block.Kinv)
 
-            def draw(rng, LG=LG, s=s, f=f):
-                z = rng.standard_normal((s.L, s.d))
-                # K⁻¹ = P'LL'P: x = P'L'⁻¹z has Var(x) = P'(LL')⁻¹P = K
-                x = f.apply_Pt(f.solve_Lt(z, use_LDLt_decomposition=False))
+            def draw(rng, LG=LG, s=s, sample=sample):
+                x = sample(rng.standard_normal((s.L, s.d)))       # Var(x) = K per column
                 return (LG @ np.asarray(x).T).ravel()
             out.append(draw)
     return out
@@ -151,7 +149,7 @@ def parametric_bootstrap(fit, nsim: int, seed=None) -> pd.DataFrame:
             refit.set_response(y)
         try:
             theta, beta = refit.fit()
-        except (MMEError, np.linalg.LinAlgError, cholmod.CholmodError):
+        except (MMEError, np.linalg.LinAlgError):
             failed += 1
             continue
         out[r, :len(params)] = sdcor_of_theta(mme, params, theta)
