@@ -134,11 +134,11 @@ def cholmod_versions():
     return header, ((v[0], v[1], v[2]), (w[0], w[1], w[2]))
 
 
-cdef _raise_status(int status, str what, Py_ssize_t minor=-1):
+cdef _raise_status(int status, str what, Py_ssize_t minor=-1, Py_ssize_t original=-1):
     if status == CHOLMOD_NOT_POSDEF:
         raise NotPositiveDefiniteError(
             f"{what}: the matrix is not positive definite (CHOLMOD stopped at column "
-            f"{minor} of the permuted matrix)")
+            f"{minor} of the permuted matrix: row/column {original} of the matrix)")
     if status == CHOLMOD_OUT_OF_MEMORY:
         raise OutOfMemoryError(f"{what}: CHOLMOD ran out of memory")
     if status == CHOLMOD_TOO_LARGE:
@@ -346,7 +346,8 @@ cdef class Factor:
             self.A.xtype = CHOLMOD_PATTERN
         status = self.c.status
         if status == CHOLMOD_NOT_POSDEF or (status == CHOLMOD_OK and self.L.minor < self.L.n):
-            _raise_status(CHOLMOD_NOT_POSDEF, "Cholesky factorization", self.L.minor)
+            _raise_status(CHOLMOD_NOT_POSDEF, "Cholesky factorization", self.L.minor,
+                          self._perm[self.L.minor] if self.L.minor < self.L.n else -1)
         if status < CHOLMOD_OK:
             _raise_status(status, "Cholesky factorization")
         self.numeric = True

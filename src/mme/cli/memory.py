@@ -93,14 +93,15 @@ def available_memory() -> tuple[int, str]:
 
 def _selinv_workspace(ncols: np.ndarray, nrows: np.ndarray, panel: int = 256) -> int:
     """Bytes of the supernodal selected inversion's work buffers
-    (``_core.Factor.selected_inverse_supernodal``): the widest supernode's w × w
-    diagonal block, two m × w panels and the m × panel gather of the largest, the
+    (``_core.Factor.selected_inverse_supernodal``) that it touches: the lower triangle
+    of the widest supernode's w × w diagonal block (the buffer is w × w; only its lower
+    half is written), two m × w panels and the m × panel gather of the largest, the
     row positions and the supernode of each column."""
     if ncols.size == 0:
         return 0
     m = nrows - ncols
     max_w, max_m, max_mw = int(ncols.max()), int(m.max()), int((m * ncols).max())
-    return 8 * (max_w * max_w + 2 * max_mw + max_m * min(panel, max_m) + max_m
+    return 8 * (max_w * (max_w + 1) // 2 + 2 * max_mw + max_m * min(panel, max_m) + max_m
                 + int(ncols.sum()))
 
 
