@@ -26,9 +26,9 @@ Stages (``stages`` job):
 * inbreeding: Meuwissen & Luo; A⁻¹: Henderson/Quaas (incl. log|A|)
 * design: ``parse_formula`` + ``build_design``; assembly: ``MME(design)``
   (pattern of C, G⁻¹ slots) + ``set_values``
-* analyze: ``cholmod.analyze`` (ordering + symbolic, once per model)
-* numeric factorization: ``Factor.cholesky_inplace`` (best of 2)
-* L() copy: the factor as a CSC matrix (``Factor.L()``), nnz(L)
+* analyze: ``engine.cholesky.Cholesky`` (CHOLMOD's ordering + symbolic, once per model)
+* numeric factorization: ``Cholesky.factorize`` (best of 2); nnz(L) from the analysis
+  (the selected inverse reads the factor in place: no L() copy since the binding)
 * selected inverse: ``MME.selected_inverse`` at the G⁻¹ slots (what one REML
   round needs; includes its own ``L()`` copy)
 * REML round: ``Likelihood.evaluate(θ)`` at the true θ (factorization, solve,
@@ -134,7 +134,7 @@ def worker_stages(n, seed):
     from mme.engine.pcg import solve_pcg
     from mme.engine.reml import Likelihood
     from mme.engine.system import MME
-    from sksparse import cholmod
+    from mme.engine.cholesky import Cholesky
 
     ped, phen, truth = load(n, seed)
     rss_data = maxrss_gib()
@@ -152,17 +152,14 @@ def worker_stages(n, seed):
     theta = true_theta(model, truth)
     G0s, s2e = model.split(theta)
     system.set_values(G0s, s2e)
-    factor = T("analyze", lambda: cholmod.analyze(system.C, ordering_method=system.ordering))
+    factor = T("analyze", lambda: Cholesky(system.C, system.ordering))
     system.factor, system.n_analyze = factor, 1
-    T("numeric factorization", lambda: factor.cholesky_inplace(system.C))
+    T("numeric factorization", lambda: factor.factorize(system.C))
     first = T.seconds["numeric factorization"]
-    T("numeric factorization", lambda: factor.cholesky_inplace(system.C))
+    T("numeric factorization", lambda: factor.factorize(system.C))
     T.seconds["numeric factorization"] = min(first, T.seconds["numeric factorization"])
-    L = T("L() copy", lambda: factor.L())
-    nnz_L = int(L.nnz)
-    colcount = np.diff(L.indptr).astype(np.float64)
-    flops_chol = float(np.sum(colcount ** 2))   # ~ flops of the numeric factorization
-    del L
+    nnz_L = int(factor.nnz_L)
+    flops_chol = float(factor.symbolic()["flops"])   # CHOLMOD's Common->fl (Σ colcount²)
     rows = np.concatenate([s.rows for s in system.structures])
     cols = np.concatenate([s.cols for s in system.structures])
     T("selected inverse", lambda: system.selected_inverse(rows, cols))
@@ -258,7 +255,7 @@ def run_job(kind, n, seed, timeout):
 
 
 STAGE_ROWS = ["pedigree", "inbreeding", "A⁻¹", "design", "assembly", "analyze",
-              "numeric factorization", "L() copy", "selected inverse", "REML round",
+              "numeric factorization", "selected inverse", "REML round",
               "PCG (known variances)"]
 
 

@@ -18,8 +18,8 @@ Simulated with a fixed seed (default 73,421 records, as InstEval):
 The data go to ``benchmarks/work/`` as CSV (17 significant digits) and are read back,
 so mme and lme4 fit the same numbers. For each CHOLMOD ordering ("default", "amd",
 "metis", "nesdis") mme is timed over ``--repeats`` fits, and for the fitted MME of
-each we report nnz(L), the time of ``cholmod.analyze``, of ONE numeric factorization
-(``factor.cholesky_inplace(C)``, the floor of any REML iteration) and of one full
+each we report nnz(L), the time of the analysis (``Cholesky(C, ordering)``), of ONE numeric
+factorization (``factor.factorize(C)``, the floor of any REML iteration) and of one full
 REML evaluation at θ̂ (factorization + solves + selected inverse + AI matrix).
 
     python benchmarks/bench_crossed.py [--n 73421] [--students 2972]
@@ -106,7 +106,7 @@ def _best_of(fn, k):
 def run_mme(df, ordering, repeats):
     import mme
     from mme import _core
-    from sksparse import cholmod
+    from mme.engine.cholesky import Cholesky
 
     res = {"tool": "mme", "ordering": ordering}
     times, fit = [], None
@@ -126,7 +126,7 @@ def run_mme(df, ordering, repeats):
         "times": times, "seconds": min(times), "seconds_median": statistics.median(times),
         "n_iter": int(fit.n_iter), "converged": bool(fit.converged), "loglik": float(fit.loglik),
         "n": int(fit.nobs), "dim_C": int(system.dim), "nnz_C_lower": int(C.nnz),
-        "nnz_L": int(len(system.factor.L().data)),
+        "nnz_L": int(system.factor.L().nnz),
         "n_analyze": int(system.n_analyze), "n_factorize": int(system.n_factorize),
         "vc": {r.group: float(r.estimate) for r in fit.variance_components.itertuples()},
         "fixed_effects": {k: [float(v.estimate), float(v.std_error)]
@@ -136,12 +136,13 @@ def run_mme(df, ordering, repeats):
                                             "seconds"]].to_dict("records"),
     })
     # the floors: symbolic analysis, one numeric factorization, one REML evaluation at θ̂
-    res["seconds_analyze"] = _best_of(lambda: cholmod.analyze(C, ordering_method=ordering), 3)
-    res["seconds_factorize"] = _best_of(lambda: system.factor.cholesky_inplace(C), 5)
+    res["seconds_analyze"] = _best_of(lambda: Cholesky(C, ordering), 3)
+    res["seconds_factorize"] = _best_of(lambda: system.factor.factorize(C), 5)
     theta = fit.internals.theta
     res["seconds_evaluation"] = _best_of(lambda: model.evaluate(theta), 3)
-    # the selected inverse as REML uses it (L copied to CSC, LAPACK dense tail, supernodal
-    # BLAS-3 recurrences in _core), at every slot of C; and the scalar kernel for comparison
+    # the selected inverse as REML uses it (on CHOLMOD's supernodal layout, BLAS-3
+    # recurrences in _core), at every slot of C; and the scalar kernel (on a CSC copy of
+    # L) for comparison
     Cl = C.tocoo()
     res["seconds_selected_inverse"] = _best_of(
         lambda: system.selected_inverse(Cl.row, Cl.col), 3)
@@ -291,13 +292,13 @@ def markdown(args, data_info, mme_runs, lme4_res, machine):
     L.append("## CHOLMOD orderings (mme)")
     L.append("")
     L.append(f"dim(C) = {ref.get('dim_C', 0):,}; nnz(lower C) = {ref.get('nnz_C_lower', 0):,}. "
-             "`factorize` = one `factor.cholesky_inplace(C)` (best of 5) — the floor of one "
+             "`factorize` = one `factor.factorize(C)` (best of 5) — the floor of one "
              "REML iteration; `selinv` = the selected inverse of that factor at every slot "
              "of C as REML uses it (`factor.L()`, LAPACK on the dense tail, supernodal BLAS-3 "
              "recurrences in `_core.selected_inverse_supernodal`; best of 3); `scalar` = the same "
              "with the column-by-column kernel `_core.selected_inverse` (one run); `evaluation` = one full REML "
              "evaluation at θ̂ (factorization, solves, selected inverse, AI matrix; best of 3); "
-             "`analyze` = `cholmod.analyze` (once per fit; best of 3); `dense tail` = width of "
+             "`analyze` = `Cholesky(C, ordering)` (once per fit; best of 3); `dense tail` = width of "
              "the dense lower triangle that ends L; `tail BLAS-3` = what the entries of C⁻¹ on "
              "that dense tail cost by LAPACK `dtrtri` + BLAS `dsyrk`.")
     L.append("")

@@ -235,10 +235,10 @@ def _time_round(out, fit, system, Likelihood):
     fac = []
     for _ in range(2):
         t0 = time.perf_counter()
-        factor.cholesky_inplace(system.C)
+        factor.factorize(system.C)
         fac.append(time.perf_counter() - t0)
     system.theta = theta.copy()
-    out["nnz_L"] = int(factor.L().nnz)
+    out["nnz_L"] = int(factor.nnz_L)
     rnd = []
     for _ in range(2):
         system.set_values(G0s, R0)    # θ unknown to the system: evaluate refactorizes
@@ -654,7 +654,7 @@ def render(results, machine_md):
     L += ["", "## How the figures are made", "",
           "- Each part runs in a fresh subprocess; peak RSS = `ru_maxrss` of that process (data, "
           "the fit, then the timings at θ̂; for part 1 also the dense-V fit, its own figure).",
-          "- At θ̂, after the fit: `set_values(θ̂)` and `Factor.cholesky_inplace(C)` twice (best "
+          "- At θ̂, after the fit: `set_values(θ̂)` and `Cholesky.factorize(C)` twice (best "
           "kept) = one numeric factorization; then twice `set_values(θ̂)` + "
           "`Likelihood(system, \"REML\").evaluate(θ̂)` = one REML round (factorization, solves, "
           "selected inverse, score and AI) — as `bench_multitrait.py`, with NumPy/SciPy's "

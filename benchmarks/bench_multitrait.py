@@ -38,7 +38,7 @@ and records: ``mme.fit`` seconds (pedigree construction outside), iterations, wh
 it converged, every warning, the iteration log (also kept when the fit raises: the
 ``mme`` logger's per-iteration lines), nnz(L), peak RSS; then, at θ̂ and in the same
 process as ``bench_animal.py`` does: one numeric factorization
-(``Factor.cholesky_inplace``, best of 2), one selected inverse at the G⁻¹ slots and
+(``Cholesky.factorize``, best of 2), one selected inverse at the G⁻¹ slots and
 one REML round (``Likelihood.evaluate(θ̂)`` after ``set_values``, so it refactorizes;
 best of 2). Estimates ± SE (from AI⁻¹) are compared with the simulated parameters and
 with the realised ones: G₀ as the sample covariance of the standardised Mendelian
@@ -241,14 +241,11 @@ def fit_and_measure(formula, data, relmat_ped, relmat_terms, covary=None):
     fac = []
     for _ in range(2):
         t0 = time.perf_counter()
-        factor.cholesky_inplace(system.C)
+        factor.factorize(system.C)
         fac.append(time.perf_counter() - t0)
     system.theta = theta.copy()      # the factor is at θ̂ again
-    L = factor.L()
-    out["nnz_L"] = int(L.nnz)
-    colcount = np.diff(L.indptr).astype(np.float64)
-    out["sum_colcount_sq"] = float(np.sum(colcount ** 2))
-    del L
+    out["nnz_L"] = int(factor.nnz_L)
+    out["sum_colcount_sq"] = float(factor.symbolic()["flops"])   # CHOLMOD's Common->fl
     rows = np.concatenate([s.rows for s in system.structures])
     cols = np.concatenate([s.cols for s in system.structures])
     t0 = time.perf_counter()
@@ -647,7 +644,7 @@ def render(results, machine_md):
           "pedigree, the fit, then the timing of the stages below). `mme.fit` seconds exclude "
           "`Pedigree.from_frame` (its own row).",
           "- At θ̂, after the fit, in the same process: `set_values(θ̂)` and "
-          "`Factor.cholesky_inplace(C)` twice (best kept) = one numeric factorization; "
+          "`Cholesky.factorize(C)` twice (best kept) = one numeric factorization; "
           "`MME.selected_inverse` at the G⁻¹ slots; then twice `set_values(θ̂)` + "
           "`Likelihood(system, \"REML\").evaluate(θ̂)` = one REML round (factorization, "
           "solves, selected inverse — for a `us(trait)` residual also at the residual cells — "

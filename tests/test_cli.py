@@ -438,29 +438,41 @@ def test_memory_forecast_refuses_with_figures(tmp_path, capsys, monkeypatch):
     assert main(_fit_args(tmp_path, "--memory-limit", "off")) == 0
 
 
-def test_nnz_of_L_from_the_pattern_is_exact():
+def test_forecast_reads_cholmods_symbolic_factor():
+    """The forecast's nnz(L), CHOLMOD's choice of a supernodal factor and its stored
+    values come from the binding's symbolic analysis alone (before any numeric
+    factorization); scikit-sparse's numeric factor of the same matrix, copied to CSC,
+    is checked against them: nnz(L) for a simplicial factor, the supernodes' lower
+    trapezoids (zeros of amalgamation included) for a supernodal one."""
     import scipy.sparse as sp
     from sksparse import cholmod
+    from mme.engine.cholesky import Cholesky
     A = sp.random(400, 400, 0.01, format="csc", random_state=3)
     A = sp.csc_matrix(sp.tril(A @ A.T + 40 * sp.identity(400)))
-    for ordering in ("amd", "metis", "natural"):
-        f = cholmod.analyze(A, ordering_method=ordering, mode="simplicial")
-        f.cholesky_inplace(A)
-        assert memory.cholesky_nnz(A, f.P()) == f.L().nnz
-    # CHOLMOD's choice (supernodal when flops/nnz(L) >= 40) and its supernodes: the
-    # factor's CSC copy holds exactly the supernodes' lower trapezoids (zeros included)
+
     def banded(n, band):
         offs = list(range(-band + 1, 1))
         return sp.csc_matrix(sp.diags([np.full(n - abs(o), -0.01 if o else 4.0) for o in offs],
                                       offs, shape=(n, n)))
 
-    for M, supernodal in ((banded(1500, 30), False), (banded(1500, 60), True), (A, True)):
-        f = cholmod.analyze(M)
+    for M, supernodal, ordering in ((banded(1500, 30), False, "default"),
+                                    (banded(1500, 60), True, "default"), (A, True, "amd"),
+                                    (A, True, "metis"), (A, True, "natural")):
+        ours = Cholesky(M, ordering)
         system = type("MME", (), {"C": M, "dim": M.shape[0], "p": 1})()
-        fc = memory.forecast(system, f, "1G")
-        f.cholesky_inplace(M)
-        assert fc.supernodal == supernodal
-        assert f.L().nnz == (fc.stored_L if supernodal else fc.nnz_L)
+        fc = memory.forecast(system, ours, "1G")
+        theirs = cholmod.analyze(M, ordering_method=ordering)
+        theirs.cholesky_inplace(M)
+        assert fc.supernodal == supernodal == ours.is_supernodal
+        sym = ours.symbolic()
+        if supernodal:
+            c, r = sym["ncols"], sym["nrows"]
+            assert theirs.L().nnz == int((c * r - c * (c - 1) // 2).sum())
+            assert fc.stored_L == int((c * r).sum())
+        else:
+            assert theirs.L().nnz == fc.nnz_L == fc.stored_L
+        ours.factorize(M)
+        assert ours.value_count == fc.stored_L
         assert fc.total == sum(fc.held.values()) + max(
             sum(v.values()) for v in fc.transient.values())
     assert memory.parse_size("1.5G") == 3 * 2 ** 29

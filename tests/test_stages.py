@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from sksparse import cholmod
 
 import mme
 from mme.engine.estimate import AI_REML, BOUNDARY, KNOWN, LEAST_SQUARES
