@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# One command: install what is missing (SuiteSparse, OpenBLAS, Python deps, mme)
+# One command: install what is missing (SuiteSparse, OpenBLAS, mme with its Python deps)
 # and run the main job — the seed's RCBD fitted with blocks fixed and blocks random.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 bash scripts/system-deps.sh
-PYTHON=$PY bash scripts/python-deps.sh
 $PY -m pip install -q .
 cd /tmp && $PY -m mme.examples.rcbd

@@ -128,15 +128,15 @@ cmake --install "$WORK/build" > /dev/null
 
 # ---- 5. checks: CHOLMOD calls the prefixed OpenBLAS and nothing else of a BLAS -----------
 lib=$(ls "$PREFIX"/lib/libcholmod.so.* | head -1)
-unresolved=$(nm -D --undefined-only "$lib" | awk '{print $2}' \
-             | grep -E '^([sdcz][a-z0-9]+|dznrm2|scnrm2)_$' || true)
+# (nm's output goes to files first: `nm | grep -q` under pipefail fails when grep exits early)
+nm -D --undefined-only "$lib" | awk '{print $2}' > "$WORK/undefined.txt"
+nm -D --defined-only "$lib" | awk '{print $3}' > "$WORK/defined.txt"
+unresolved=$(grep -E '^([sdcz][a-z0-9]+|dznrm2|scnrm2)_$' "$WORK/undefined.txt" || true)
 [ -z "$unresolved" ] || die "libcholmod calls unprefixed BLAS names: $unresolved"
-nm -D --undefined-only "$lib" | grep -q ' scipy_dpotrf_$' \
+grep -qx 'scipy_dpotrf_' "$WORK/undefined.txt" \
   || die "libcholmod does not call scipy_dpotrf_ (supernodal module missing?)"
-nm -D --defined-only "$lib" | grep -q ' cholmod_l_super_numeric$' \
-  || die "libcholmod has no supernodal module"
-nm -D --defined-only "$lib" | grep -q ' cholmod_l_metis$' \
-  || die "libcholmod has no METIS (Partition module)"
+grep -qx 'cholmod_l_super_numeric' "$WORK/defined.txt" || die "libcholmod has no supernodal module"
+grep -qx 'cholmod_l_metis' "$WORK/defined.txt" || die "libcholmod has no METIS (Partition module)"
 say "libcholmod: supernodal + METIS, BLAS = scipy-openblas32; NEEDED:" \
     $(readelf -d "$lib" | awk '/NEEDED/ {gsub(/[][]/, "", $5); print $5}')
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Pick the scikit-sparse series that matches the system SuiteSparse:
+# Test dependency: the scikit-sparse series that matches the system SuiteSparse
+# (the tests check mme's own CHOLMOD binding against it; mme does not import it):
 # 0.4.x builds against SuiteSparse 5 (Debian 12's libsuitesparse-dev), 0.5 needs 7.
 set -euo pipefail
 PY=${PYTHON:-python3}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system libraries mme builds against, when missing:
-#   SuiteSparse headers (CHOLMOD) for scikit-sparse, and an optimized BLAS (OpenBLAS).
+#   SuiteSparse headers and libraries (CHOLMOD), which mme's compiled core links, and an
+#   optimized BLAS (OpenBLAS) for CHOLMOD.
 # On Debian's default reference BLAS, CHOLMOD's supernodal factorization measured
 # 21x slower on this project's machines than with libopenblas0-pthread.
 # Without root: use conda-forge instead (see README, "HPC / no root").
@@ -26,6 +27,7 @@ elif command -v sudo >/dev/null && command -v apt-get >/dev/null && sudo -n true
   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 else
   echo "system-deps: missing ${need[*]} and no root to apt-get them." >&2
-  echo "  Without root: conda install -c conda-forge suitesparse scikit-sparse openblas" >&2
+  echo "  Without root: a binary wheel of mme (it bundles CHOLMOD and OpenBLAS)," >&2
+  echo "  or conda install -c conda-forge suitesparse (README, Installing)" >&2
   have_cholmod || exit 1
 fi

@@ -136,3 +136,15 @@ def test_all_cores_for_large_restores_the_bundled_blas_threads():
             small = [c.num_threads for c in _threads._pools()[0]]
     assert before == after == small == [1] * len(before)
     assert inside == [_threads.available_cores()] * len(before)
+
+
+def test_thread_policy_tells_cholmods_vendored_blas_from_numpy_and_scipys():
+    """In mme's wheel CHOLMOD's OpenBLAS is ``mme.libs/libscipy_openblas-<hash>.so``: a name
+    like SciPy's bundled copy, so only the folder says it is the second (CHOLMOD's) pool.
+    The paths are those threadpoolctl reported from the wheel installed by .ci/wheel_check."""
+    from mme import _threads
+    site = "/venv/lib/python3.11/site-packages/"
+    assert _threads._is_bundled(site + "numpy.libs/libscipy_openblas64_-32a4b2a6.so")
+    assert _threads._is_bundled(site + "scipy.libs/libscipy_openblas-6cdc3b4a.so")
+    assert not _threads._is_bundled(site + "mme.libs/libscipy_openblas-b396d74f.so")
+    assert not _threads._is_bundled("/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblasp-r0.3.21.so")

@@ -9,6 +9,11 @@ pools fight over them after every switch from one library to the other. On the
 at 2 threads and 1.2 s with the wheel-bundled pools at 1 (benchmarks/README.md).
 ``dense_blas_threads`` limits the bundled pools during a fit and restores them.
 
+In mme's binary wheel CHOLMOD calls its own OpenBLAS, vendored in the wheel's ``mme.libs``
+folder (the scipy-openblas32 build, file ``libscipy_openblas-<hash>.so``): still a second pool,
+so the policy is unchanged, but that file's name looks like SciPy's bundled copy, and only its
+folder tells it is CHOLMOD's (``_is_bundled``).
+
 A large supernodal selected inverse is the exception: it runs for seconds to
 minutes while CHOLMOD's pool sleeps, so ``all_cores_for_large`` gives the bundled
 pools every core for that one call when L is big enough for threads to pay
@@ -28,15 +33,24 @@ from threadpoolctl import ThreadpoolController, threadpool_limits
 
 #: Substrings of the wheel-bundled OpenBLAS builds of NumPy and SciPy.
 _BUNDLED = ("scipy_openblas", "numpy.libs", "scipy.libs")
+#: The folder of mme's own wheel where auditwheel puts CHOLMOD and the BLAS it calls.
+_OWN = "mme.libs"
+
+
+def _is_bundled(filepath: str) -> bool:
+    """True for NumPy/SciPy's bundled BLAS; False for CHOLMOD's (the system's or mme.libs')."""
+    parts = filepath.replace("\\", "/").split("/")
+    if _OWN in parts:
+        return False
+    return any(s in filepath for s in _BUNDLED)
 
 
 def _pools():
     """(bundled, system) BLAS pools as threadpoolctl controllers."""
     controller = ThreadpoolController()
-    bundled = [c for c in controller.lib_controllers
-               if c.user_api == "blas" and any(s in c.filepath for s in _BUNDLED)]
-    system = [c for c in controller.lib_controllers
-              if c.user_api == "blas" and c not in bundled]
+    blas = [c for c in controller.lib_controllers if c.user_api == "blas"]
+    bundled = [c for c in blas if _is_bundled(c.filepath)]
+    system = [c for c in blas if c not in bundled]
     return bundled, system
 
 
