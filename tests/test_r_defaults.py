@@ -261,6 +261,9 @@ def test_r_syntax_round_trip():
     assert to_python("y ~ a*b + I(x^2) + poly(x, 2, raw = TRUE) + (a + b)^2 + I((x+1)^2)") == \
         "y ~ a*b + I(x**2) + poly(x, 2, raw = True) + (a + b)^2 + I((x+1)**2)"
     assert to_python("y ~ I(x %% 2) + I(x %/% 3) + (1|g)") == "y ~ I(x % 2) + I(x // 3) + (1|g)"
+    # quoted text is left alone
+    assert to_python("y ~ C(a, levels=['x^2', \"TRUE\"]) + I(x^2)") == \
+        "y ~ C(a, levels=['x^2', \"TRUE\"]) + I(x**2)"
     cases = {"I(x ** 2)": "I(x^2)", "poly(x, 2, raw=True)[0]": "poly(x, 2, raw = TRUE)1",
              "poly(x, 2)[2]": "poly(x, 2)2", "a[T.b]:c[d]": "ab:cd", "log(x + 1)": "log(x + 1)",
              "I((x + 1) ** 2)": "I((x + 1)^2)", "I(2 ** -x)": "I(2^-x)",

@@ -34,6 +34,13 @@ def to_python(text: str) -> str:
     # depth_calls: for each open parenthesis, whether it opened a call's arguments
     while i < n:
         c = text[i]
+        if c in "'\"`":
+            # a quoted string or name: copied as it is
+            j = text.find(c, i + 1)
+            j = n - 1 if j < 0 else j
+            out.append(text[i:j + 1])
+            i = j + 1
+            continue
         m = _WORD.match(text, i) if (c.isalpha() or c in "_.") else None
         if m and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] in "_.")):
             word = m.group(0)
