@@ -361,3 +361,11 @@ def test_command_line_linear_model_and_boundary_fit(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "did not converge" not in err
     assert "boundary (singular) fit" in (tmp_path / "sp" / "summary.txt").read_text()
+
+
+def test_command_line_allow_list_takes_r_logicals():
+    from mme.cli.errors import InputError
+    from mme.cli.formulas import check_formula
+    check_formula("y ~ poly(x, 2, raw = TRUE) + I(x^2) + (1|g)", ["y", "x", "g"])
+    with pytest.raises(InputError, match="'TRUE' is not a column"):
+        check_formula("y ~ x + TRUE", ["y", "x"])          # only as an argument of a call
