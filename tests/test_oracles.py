@@ -871,7 +871,7 @@ def test_lrt_animal_term_reml(animal, animal_fit):
     ll0 = m0.loglik([r @ r / (m1.n - m1.p)])
     _, ll0_opt, g0 = dense_optimum(m0)
     assert g0 < TOL_DENSE_GRAD and abs(ll0_opt - ll0) < ATOL_LOGLIK_OPTIMUM
-    assert abs(fixed.loglik - ll0) < ATOL_LOGLIK_SAME_THETA
+    assert abs(fixed.loglik_reml - ll0) < ATOL_LOGLIK_SAME_THETA   # loglik is lm's (ML)
     chisq = 2 * (ll1 - ll0)
     row = tab.loc["fit1"]
     assert abs(row["chisq"] - chisq) < ATOL_CHISQ

@@ -260,11 +260,20 @@ def test_r_syntax_round_trip():
     from mme.model.rsyntax import r_column_name, to_python
     assert to_python("y ~ a*b + I(x^2) + poly(x, 2, raw = TRUE) + (a + b)^2 + I((x+1)^2)") == \
         "y ~ a*b + I(x**2) + poly(x, 2, raw = True) + (a + b)^2 + I((x+1)**2)"
+    assert to_python("y ~ I(x %% 2) + I(x %/% 3) + (1|g)") == "y ~ I(x % 2) + I(x // 3) + (1|g)"
+    # quoted text is left alone
+    assert to_python("y ~ C(a, levels=['x^2', \"TRUE\"]) + I(x^2)") == \
+        "y ~ C(a, levels=['x^2', \"TRUE\"]) + I(x**2)"
     cases = {"I(x ** 2)": "I(x^2)", "poly(x, 2, raw=True)[0]": "poly(x, 2, raw = TRUE)1",
              "poly(x, 2)[2]": "poly(x, 2)2", "a[T.b]:c[d]": "ab:cd", "log(x + 1)": "log(x + 1)",
              "I((x + 1) ** 2)": "I((x + 1)^2)", "I(2 ** -x)": "I(2^-x)",
              "a[T.b]:poly(x, 2)[2]": "ab:poly(x, 2)2", "Intercept": "(Intercept)",
-             "I(x - (y - z))": "I(x - (y - z))", "I(x * 2 / 3)": "I(x * 2/3)" if False else "I(x * 2 / 3)"}
+             "I(x - (y - z))": "I(x - (y - z))",
+             # R's deparse (R 4.2.2): no spaces around / %% %/%, parentheses kept
+             "I(x / 10)": "I(x/10)", "I(x * 2 / 3)": "I(x * 2/3)", "I(x % 2)": "I(x%%2)",
+             "I(x // 2)": "I(x%/%2)", "I(x == 1)": "I(x == 1)", "I(x >= 1)": "I(x >= 1)",
+             "I(-x ** 2)": "I(-x^2)", "I(x ** 2.0)": "I(x^2)", "I(x * 0.001)": "I(x * 0.001)",
+             "I(x / (y + 1))": "I(x/(y + 1))", "I(not x)": "I(!x)"}
     for py, r in cases.items():
         assert r_column_name(py) == r, (py, r_column_name(py), r)
 
@@ -352,3 +361,11 @@ def test_command_line_linear_model_and_boundary_fit(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "did not converge" not in err
     assert "boundary (singular) fit" in (tmp_path / "sp" / "summary.txt").read_text()
+
+
+def test_command_line_allow_list_takes_r_logicals():
+    from mme.cli.errors import InputError
+    from mme.cli.formulas import check_formula
+    check_formula("y ~ poly(x, 2, raw = TRUE) + I(x^2) + (1|g)", ["y", "x", "g"])
+    with pytest.raises(InputError, match="'TRUE' is not a column"):
+        check_formula("y ~ x + TRUE", ["y", "x"])          # only as an argument of a call

@@ -259,13 +259,14 @@ def test_weights_lm(method):
     got = _vc(fit)
     assert set(got) == {("Residual", "", "")}
     c = ref["coef"]
+    # logLik is lm's (ML) whatever method= (issue 14); the REML one is logLik(lm, REML = TRUE)
+    assert fit.loglik == pytest.approx(ref["logLik_ML"], abs=ATOL_LOGLIK)
+    assert fit.loglik_reml == pytest.approx(ref["logLik_REML"], abs=ATOL_LOGLIK)
     if method == "REML":
-        assert fit.loglik == pytest.approx(ref["logLik_REML"], abs=ATOL_LOGLIK)
         assert got[("Residual", "", "")] == pytest.approx(ref["sigma2"], rel=RTOL_VARIANCE)
         _compare_fixed(fit, c["term"], c["estimate"], c["se"], "weighted lm")
         _close(fit.fixed_effects["df"], [ref["df_residual"]] * len(c["term"]), RTOL_DF, "lm df")
     else:
-        assert fit.loglik == pytest.approx(ref["logLik_ML"], abs=ATOL_LOGLIK)
         assert got[("Residual", "", "")] == pytest.approx(ref["sigma2_ML"], rel=RTOL_VARIANCE)
         se_ml = np.array(c["se"]) * np.sqrt(ref["sigma2_ML"] / ref["sigma2"])
         _compare_fixed(fit, c["term"], c["estimate"], se_ml, "weighted lm (ML)")

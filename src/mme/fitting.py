@@ -56,6 +56,10 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", variances: dict 
     data : DataFrame
         Rows with missing values in the model's columns are dropped (with a warning).
     method : "REML" or "ML"
+        A model without random terms is fitted by least squares, as R's ``lm``: its
+        ``loglik``/``aic``/``bic`` are ``logLik(lm)``'s (ML, p + 1 parameters) whatever
+        ``method``; ``method`` sets the residual variance reported, RSS/(n − p) (REML,
+        R's ``sigma(lm)²``) or RSS/n (ML).
     variances : dict, optional
         Known variances — ``{"rep": 0.035, "Residual": 0.044}`` (for a term with
         slopes, a d × d matrix) — to solve the MME without REML (BLUP with known

@@ -370,7 +370,7 @@ def methods_text(fit, info: dict | None = None) -> str:
     blend_with "A22" or "I", tune, tau, omega).
     """
     from .engine.estimate import BOUNDARY, LEAST_SQUARES
-    from .engine.reml import TOL_DECREMENT_ABS, fit_variances
+    from .engine.reml import BOUND_REL, TOL_DECREMENT_ABS, fit_variances
     import inspect
     info = dict(info or {})
     tol = inspect.signature(fit_variances).parameters["tol_ll"].default
@@ -446,7 +446,11 @@ def methods_text(fit, info: dict | None = None) -> str:
              "average-information algorithm (AI-REML; Gilmour, Thompson & Cullis 1995) from "
              "moment starting values: each round a Newton step with the average-information "
              "matrix (variances on the log scale), halved until log L did not decrease, and "
-             "an EM step in its place where halving failed; variances were kept positive and "
+             "an EM step in its place where halving failed (no step that lowered log L was "
+             "accepted); variances were kept at or above a lower bound fixed for the fit "
+             f"({BOUND_REL:g} of the largest starting value; a variance whose Newton step crossed "
+             "zero was tried at that bound, the other parameters' step taken given it, and "
+             "a variance at the bound is reported as 0) and "
              f"G₀ positive definite. {solve}, analysed once and refactorized at each round. "
              "Convergence was declared when the Newton decrement s′AI⁻¹s (s the score) fell "
              f"below {TOL_DECREMENT_ABS:g}, or below {tol:g} × |log L| together with the "

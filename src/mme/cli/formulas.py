@@ -9,7 +9,8 @@ pass this allow-list:
   variables; a name with dots is allowed only when it is a column (``log.y``);
 * calls: ``log``, ``exp``, ``sqrt``, ``I``, ``poly``, ``scale``, ``C``, ``cbind``
   (keyword arguments inside them, such as ``poly(x, degree=2)``, are names too);
-* numbers and the operators ``~ + - * / : | ( ) , ^ ** =``.
+* numbers, ``TRUE``/``FALSE`` (``True``/``False``) inside calls, and the operators
+  ``~ + - * / : | ( ) , ^ ** =``.
 
 Refused: strings, attribute access, subscripts, lambdas, any name with ``__``, a
 call of anything else, any other character. The error names the offending piece.
@@ -22,6 +23,8 @@ from .errors import InputError
 
 #: functions a formula may call
 ALLOWED_CALLS = frozenset({"log", "exp", "sqrt", "I", "poly", "scale", "C", "cbind"})
+#: constants a formula may use (R's and Python's logicals: ``poly(x, 2, raw = TRUE)``)
+ALLOWED_CONSTANTS = frozenset({"TRUE", "FALSE", "True", "False"})
 #: keyword arguments a call may take
 ALLOWED_KEYWORDS = frozenset({"degree", "raw", "center", "scale", "ddof", "levels",
                               "contr", "base"})
@@ -84,7 +87,7 @@ def check_formula(formula: str, columns) -> None:
         elif nxt == "=" and depth > 0:
             if text not in ALLOWED_KEYWORDS:
                 raise InputError(f"formula {formula!r}: the keyword {text}= is not allowed")
-        elif text not in cols:
+        elif text not in cols and not (text in ALLOWED_CONSTANTS and depth > 0):
             if "." in text.strip(".") and text.split(".")[0] in cols | ALLOWED_CALLS:
                 raise InputError(f"formula {formula!r}: attribute access {text!r} is not "
                                  "allowed")

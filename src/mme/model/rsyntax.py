@@ -4,8 +4,8 @@ formulaic (the model-matrix engine) evaluates the arguments of a call in a formu
 ``I(x^2)``, ``poly(x, 2, raw = TRUE)``, ``log(x + 1)`` — as Python. Two things differ
 from R there, and this module bridges them both ways:
 
-* ``to_python(text)``: inside a call, R's ``^`` is Python's ``**`` (``^`` is ``xor``)
-  and ``TRUE``/``FALSE`` are ``True``/``False``. Outside calls nothing changes: there
+* ``to_python(text)``: inside a call, R's ``^`` is Python's ``**`` (``^`` is ``xor``),
+  ``%%`` and ``%/%`` are ``%`` and ``//``, and ``TRUE``/``FALSE`` are ``True``/``False``. Outside calls nothing changes: there
   ``^`` is the formula operator ``(a + b)^2`` in both.
 * ``r_column_name(name)``: formulaic names a column by its own rendering of the Python
   expression (``I(x ** 2)``, ``poly(x, 2, raw=True)[0]``, ``a[T.b]:c``); R names it by
@@ -34,6 +34,13 @@ def to_python(text: str) -> str:
     # depth_calls: for each open parenthesis, whether it opened a call's arguments
     while i < n:
         c = text[i]
+        if c in "'\"`":
+            # a quoted string or name: copied as it is
+            j = text.find(c, i + 1)
+            j = n - 1 if j < 0 else j
+            out.append(text[i:j + 1])
+            i = j + 1
+            continue
         m = _WORD.match(text, i) if (c.isalpha() or c in "_.") else None
         if m and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] in "_.")):
             word = m.group(0)
@@ -51,6 +58,17 @@ def to_python(text: str) -> str:
             out.append("**")
             i += 1
             continue
+        elif c == "%" and any(depth_calls):
+            # R's %% (remainder) and %/% (integer division)
+            for r_op, py_op in (("%/%", "//"), ("%%", "%")):
+                if text.startswith(r_op, i):
+                    out.append(py_op)
+                    i += len(r_op)
+                    break
+            else:
+                out.append(c)
+                i += 1
+            continue
         out.append(c)
         i += 1
     return "".join(out)
@@ -59,6 +77,7 @@ def to_python(text: str) -> str:
 # -- Python expression (as formulaic renders it) → R's deparse -----------------------
 _BINOPS = {ast.Add: ("+", 4), ast.Sub: ("-", 4), ast.Mult: ("*", 5), ast.Div: ("/", 5),
            ast.Mod: ("%%", 6), ast.FloorDiv: ("%/%", 6), ast.Pow: ("^", 8)}
+_TIGHT = {"/", "^", "%%", "%/%"}
 _CMPOPS = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">",
            ast.GtE: ">="}
 
@@ -90,7 +109,8 @@ def _deparse(node, parent: int = 0) -> str:
         # R writes a signed exponent without parentheses: 2^-x
         right = _deparse(node.right, 0 if right_assoc and isinstance(node.right, ast.UnaryOp)
                          else prec + (0 if right_assoc else 1))
-        s = f"{left}{op}{right}" if op == "^" else f"{left} {op} {right}"
+        # R's deparse: spaces around + - *, none around / ^ %% %/%
+        s = f"{left}{op}{right}" if op in _TIGHT else f"{left} {op} {right}"
         return f"({s})" if prec < parent else s
     if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _CMPOPS:
         s = (f"{_deparse(node.left, 4)} {_CMPOPS[type(node.ops[0])]} "
