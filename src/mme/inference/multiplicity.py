@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize, stats
 
+from .._errors import OptionError
+
 from .mvt import MaxAbsT
 from .printing import _zapsmall
 
@@ -62,7 +64,7 @@ def resolve_adjust(adjust) -> str:
         a = a.upper()
     k = _pmatch(a, ADJUSTMENTS) if a else None
     if k is None:
-        raise ValueError(f"adjust={adjust!r} is not recognized; use one of {list(ADJUSTMENTS)}")
+        raise OptionError(f"adjust={adjust!r} is not recognized; use one of {list(ADJUSTMENTS)}")
     return k
 
 
@@ -117,7 +119,7 @@ def p_adjust(p, method: str, n: int | None = None) -> np.ndarray:
         res[o] = np.maximum(pa, ps)
         out = res[:lp]
     else:
-        raise ValueError(f"unknown p.adjust method {method!r}")
+        raise OptionError(f"unknown p.adjust method {method!r}")
     p0[ok] = out
     return p0
 
@@ -157,6 +159,12 @@ def _qtukey(level, k, df) -> float:
     f = lambda q: float(stats.studentized_range.cdf(q, k, df)) - level  # noqa: E731
     hi = 2.0 * np.sqrt(2.0) * stats.t.ppf(1 - (1 - level) / (k * (k - 1)), df) + 1.0
     return float(optimize.brentq(f, 1e-6, hi, xtol=QUANTILE_XTOL))
+
+
+def _per_df(d, f) -> np.ndarray:
+    """f(df) for each df, computed once per distinct value (root finding is slow)."""
+    u, inv = np.unique(d, return_inverse=True)
+    return np.array([f(x) for x in u])[inv]
 
 
 def _mvt_df(df) -> float:
@@ -290,12 +298,12 @@ def critical_values(level, df, adjust, fam_size, groups, est_type, corr=None, sc
         elif adjust == "bonferroni":
             cv[rows] = -stats.t.ppf((1.0 - level) / n_contr / 2.0, d)
         elif adjust == "tukey":
-            cv[rows] = [_qtukey(level, fam_size, x) / np.sqrt(2.0) for x in d]
+            cv[rows] = _per_df(d, lambda x: _qtukey(level, fam_size, x) / np.sqrt(2.0))
         elif adjust == "scheffe":
             r = sch_rank[jj]
             cv[rows] = np.sqrt(r * stats.f.ppf(level, r, d))
         elif adjust == "dunnettx":
-            cv[rows] = [qdunnx(level, n_contr, x) for x in d]
+            cv[rows] = _per_df(d, lambda x: qdunnx(level, n_contr, x))
         elif adjust == "mvt":
             sub = corr[np.ix_(rows, rows)]
             cache = {}
