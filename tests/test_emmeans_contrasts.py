@@ -343,6 +343,26 @@ def test_by_none_pools_groups_and_bad_by_is_an_error():
         emm.contrast("pairwise", by="replicate")
 
 
+def test_asymptotic_df_give_z_based_adjustments():
+    """df = inf (a fit at given variances): F(r, ∞) is χ²_r / r, the t quantiles normal ones."""
+    from conftest import load_case
+    _, df = load_case("kfert_random_ml")
+    given = mme.fit("yield ~ K2O_lbac + (1|rep)", df, variances={"rep": 0.035, "Residual": 0.044})
+    emm = given.emmeans("K2O_lbac", df_method="asymptotic")
+    for method, adjust in (("trt.vs.ctrl", None), ("pairwise", "scheffe"), ("consec", "dunnettx"),
+                           ("pairwise", None), ("eff", None)):
+        t = emm.contrast(method, adjust=adjust).table
+        assert np.all(np.isfinite(t[["p_value", "lower_cl", "upper_cl"]].to_numpy()))
+        assert np.all(np.isinf(t["df"]))
+    sch = emm.contrast("pairwise", adjust="scheffe")
+    z = sch.table["t_value"].to_numpy()
+    np.testing.assert_allclose(sch.table["p_value"], stats.chi2.sf(z ** 2, 4), rtol=RTOL_IDENTITY,
+                               atol=0)
+    half = (sch.table["upper_cl"] - sch.table["lower_cl"]) / 2 / sch.table["std_error"]
+    np.testing.assert_allclose(half, np.sqrt(stats.chi2.ppf(0.95, 4)), rtol=RTOL_IDENTITY, atol=0)
+    assert "z.ratio" in str(sch) and "asymp.LCL" in str(sch.confint())
+
+
 # ===================================================================== bad input ==
 def test_bad_contrast_options_raise_typed_errors():
     emm = _emm("kfert_random")
