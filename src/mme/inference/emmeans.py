@@ -419,10 +419,8 @@ class EMMeans:
         for i in range(len(t)):
             groups.setdefault(tuple(_fmt_level(t[v].iloc[i]) for v in by_vars), []).append(i)
         rows_of = [np.array(r) for r in groups.values()]
-        sizes = {len(r) for r in rows_of}
-        if len(sizes) != 1:
+        if len({len(r) for r in rows_of}) != 1:
             raise DataError(f"contrast: the by groups {list(by_vars)} are of unequal sizes")
-        k = sizes.pop()
         inner = [v for v in keys if v not in by_vars]
         enhance = {v for v in inner if _is_num(t[v])}
         names_K = []
