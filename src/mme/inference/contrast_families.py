@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._errors import DataError
+from .._errors import DataError, OptionError
 
 __all__ = ["Family", "family", "FAMILIES", "poly_coefficients"]
 
@@ -215,11 +215,11 @@ def family(name: str, labels, raw=None, **options) -> Family:
     before emmeans' name prefix, for matching ``ref``); ``options`` are the family's own
     (``ref``, ``reverse``, ``max_degree``, ``wts``)."""
     if name not in FAMILIES:
-        raise ValueError(f"unknown contrast method {name!r}; use one of {sorted(FAMILIES)}, "
+        raise OptionError(f"unknown contrast method {name!r}; use one of {sorted(FAMILIES)}, "
                          "a dict {name: weights} or a list of weight lists")
     raw = list(labels) if raw is None else list(raw)
     try:
         return FAMILIES[name](list(labels), raw, **options)
     except TypeError as exc:
-        raise ValueError(f"contrast method {name!r} does not take the options "
+        raise OptionError(f"contrast method {name!r} does not take the options "
                          f"{sorted(options)}: {exc}") from None

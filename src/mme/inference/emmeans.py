@@ -35,7 +35,7 @@ import pandas as pd
 from formulaic import Formula
 from scipy import stats
 
-from .._errors import DataError, FormulaError
+from .._errors import DataError, FormulaError, OptionError
 from .anova import resolve_df_method, wald
 from ..model.design import r_name
 from .contrast_families import family as contrast_family
@@ -243,14 +243,14 @@ def emmeans(fit, specs, by=None, at: dict | None = None, df_method: str = "kenwa
     EMMeans, or EMMList (``.emmeans``, ``.contrasts``) when contrasts are asked for
     """
     if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+        raise OptionError(f"level must be in (0, 1), got {level!r}")
     method = resolve_df_method(fit, df_method)
     spec_vars, by_vars, lhs = _parse_specs(specs, by)
     if lhs is not None and contr is None:
         contr = lhs
     if contr is None and (adjust is not None or options):
         given = (["adjust"] if adjust is not None else []) + sorted(options)
-        raise ValueError(f"emmeans: {given} apply to contrasts; give them with contr= "
+        raise OptionError(f"emmeans: {given} apply to contrasts; give them with contr= "
                          "or a left side in specs ('pairwise ~ trt'), or call .contrast()")
     order, factors, values = _reference_grid(fit, spec_vars, by_vars, at)
     grid = _grid_frame(fit, order, factors, values)
@@ -410,7 +410,7 @@ class EMMeans:
             method = weights
         level = self.level if level is None else level
         if not 0 < level < 1:
-            raise ValueError(f"level must be in (0, 1), got {level!r}")
+            raise OptionError(f"level must be in (0, 1), got {level!r}")
         by_vars = self._contrast_by(by)
         t = self.table
         keys = self.spec_vars + self.by_vars
@@ -419,10 +419,8 @@ class EMMeans:
         for i in range(len(t)):
             groups.setdefault(tuple(_fmt_level(t[v].iloc[i]) for v in by_vars), []).append(i)
         rows_of = [np.array(r) for r in groups.values()]
-        sizes = {len(r) for r in rows_of}
-        if len(sizes) != 1:
+        if len({len(r) for r in rows_of}) != 1:
             raise DataError(f"contrast: the by groups {list(by_vars)} are of unequal sizes")
-        k = sizes.pop()
         inner = [v for v in keys if v not in by_vars]
         enhance = {v for v in inner if _is_num(t[v])}
         names_K = []
@@ -506,7 +504,7 @@ class EMMeans:
         if isinstance(method, str):
             return contrast_family(method, labels, raw, **options)
         if options:
-            raise ValueError(f"contrast: options {sorted(options)} apply to named families, "
+            raise OptionError(f"contrast: options {sorted(options)} apply to named families, "
                              "not to custom weights")
         names, K = _contrast_weights(method, labels, check_sum)
         is_con = np.all(np.abs(K.sum(axis=1)) < CONTRAST_SUM_TOL)
@@ -674,7 +672,7 @@ def _contrast_weights(weights, labels, check_sum) -> tuple:
         try:
             ws = list(weights)
         except TypeError:
-            raise ValueError(f"contrast: method must be a family name, a dict or a list of "
+            raise OptionError(f"contrast: method must be a family name, a dict or a list of "
                              f"weights; got {weights!r}") from None
         if ws and np.ndim(ws[0]) == 0:
             ws = [ws]

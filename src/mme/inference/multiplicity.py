@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize, stats
 
+from .._errors import OptionError
+
 from .mvt import MaxAbsT
 from .printing import _zapsmall
 
@@ -62,7 +64,7 @@ def resolve_adjust(adjust) -> str:
         a = a.upper()
     k = _pmatch(a, ADJUSTMENTS) if a else None
     if k is None:
-        raise ValueError(f"adjust={adjust!r} is not recognized; use one of {list(ADJUSTMENTS)}")
+        raise OptionError(f"adjust={adjust!r} is not recognized; use one of {list(ADJUSTMENTS)}")
     return k
 
 
@@ -117,9 +119,29 @@ def p_adjust(p, method: str, n: int | None = None) -> np.ndarray:
         res[o] = np.maximum(pa, ps)
         out = res[:lp]
     else:
-        raise ValueError(f"unknown p.adjust method {method!r}")
+        raise OptionError(f"unknown p.adjust method {method!r}")
     p0[ok] = out
     return p0
+
+
+# ------------------------------------------------------- F with infinite df --
+def _f_cdf(x, d1, d2):
+    """F(d1, d2) cdf; d2 = inf (asymptotic): χ²_d1 / d1 (scipy's F gives NaN there)."""
+    x, d2 = np.broadcast_arrays(np.asarray(x, float), np.asarray(d2, float))
+    fin = np.isfinite(d2)
+    return np.where(fin, stats.f.cdf(x, d1, np.where(fin, d2, 1.0)), stats.chi2.cdf(x * d1, d1))
+
+
+def _f_sf(x, d1, d2):
+    x, d2 = np.broadcast_arrays(np.asarray(x, float), np.asarray(d2, float))
+    fin = np.isfinite(d2)
+    return np.where(fin, stats.f.sf(x, d1, np.where(fin, d2, 1.0)), stats.chi2.sf(x * d1, d1))
+
+
+def _f_ppf(q, d1, d2):
+    q, d2 = np.broadcast_arrays(np.asarray(q, float), np.asarray(d2, float))
+    fin = np.isfinite(d2)
+    return np.where(fin, stats.f.ppf(q, d1, np.where(fin, d2, 1.0)), stats.chi2.ppf(q, d1) / d1)
 
 
 # ------------------------------------------------------------------ dunnettx --
@@ -134,7 +156,7 @@ def pdunnx(x, n, df):
     x = np.asarray(x, float)
     twt = (n - 1.0) / n
     tuk = stats.studentized_range.cdf(np.sqrt(2.0) * x, _family_of(n), df)
-    sid = stats.f.cdf(x ** 2, 1, df) ** n
+    sid = _f_cdf(x ** 2, 1, df) ** n
     return twt * tuk + (1.0 - twt) * sid
 
 
@@ -144,7 +166,7 @@ def qdunnx(level, n, df) -> float:
     if n < 1.005:
         return float(stats.t.ppf(0.5 + 0.5 * level, df))
     xtuk = _qtukey(level, _family_of(n), df) / np.sqrt(2.0)
-    xsid = float(np.sqrt(stats.f.ppf(level ** (1.0 / n), 1, df)))
+    xsid = float(np.sqrt(_f_ppf(level ** (1.0 / n), 1, df)))
     lo, hi = min(xtuk, xsid), max(xtuk, xsid)
     if hi - lo < 1e-14:
         return lo
@@ -157,6 +179,12 @@ def _qtukey(level, k, df) -> float:
     f = lambda q: float(stats.studentized_range.cdf(q, k, df)) - level  # noqa: E731
     hi = 2.0 * np.sqrt(2.0) * stats.t.ppf(1 - (1 - level) / (k * (k - 1)), df) + 1.0
     return float(optimize.brentq(f, 1e-6, hi, xtol=QUANTILE_XTOL))
+
+
+def _per_df(d, f) -> np.ndarray:
+    """f(df) for each df, computed once per distinct value (root finding is slow)."""
+    u, inv = np.unique(d, return_inverse=True)
+    return np.array([f(x) for x in u])[inv]
 
 
 def _mvt_df(df) -> float:
@@ -240,7 +268,7 @@ def adjust_p_values(t, df, adjust, fam_size, groups, est_type, corr=None, sch_ra
             pval[rows] = stats.studentized_range.sf(np.sqrt(2.0) * abst, fam_size, _zapsmall(d))
         elif adjust == "scheffe":
             r = sch_rank[jj]
-            pval[rows] = stats.f.sf(t[rows] ** 2 / r, r, d)
+            pval[rows] = _f_sf(t[rows] ** 2 / r, r, d)
         elif adjust == "dunnettx":
             pval[rows] = 1.0 - pdunnx(abst, n_contr, d)
         elif adjust == "mvt":
@@ -290,12 +318,12 @@ def critical_values(level, df, adjust, fam_size, groups, est_type, corr=None, sc
         elif adjust == "bonferroni":
             cv[rows] = -stats.t.ppf((1.0 - level) / n_contr / 2.0, d)
         elif adjust == "tukey":
-            cv[rows] = [_qtukey(level, fam_size, x) / np.sqrt(2.0) for x in d]
+            cv[rows] = _per_df(d, lambda x: _qtukey(level, fam_size, x) / np.sqrt(2.0))
         elif adjust == "scheffe":
             r = sch_rank[jj]
-            cv[rows] = np.sqrt(r * stats.f.ppf(level, r, d))
+            cv[rows] = np.sqrt(r * _f_ppf(level, r, d))
         elif adjust == "dunnettx":
-            cv[rows] = [qdunnx(level, n_contr, x) for x in d]
+            cv[rows] = _per_df(d, lambda x: qdunnx(level, n_contr, x))
         elif adjust == "mvt":
             sub = corr[np.ix_(rows, rows)]
             cache = {}

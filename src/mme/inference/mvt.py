@@ -84,43 +84,40 @@ class MaxAbsT:
         dim = self.r + (0 if np.isinf(self.df) else 1)
         rng = np.random.default_rng(seed)
         base = _lattice(n_points, dim)
-        self.points = []
-        for _ in range(n_batches):
-            u = np.abs(2.0 * np.mod(base + rng.random((dim, 1)), 1.0) - 1.0)  # baker's transform
-            if np.isinf(self.df):
-                s = np.ones(n_points)
-            else:                                   # S = √(χ²_ν/ν) by its upper quantile
-                s, u = np.sqrt(special.chdtri(self.df, u[0]) / self.df), u[1:]
-            self.points.append((s, u))
-
-    def _batch(self, c: float, s: np.ndarray, u: np.ndarray) -> float:
-        n = s.shape[0]
-        y = np.zeros((self.r, n))
-        f = np.ones(n)
-        for j in range(self.r):
-            lo = np.full(n, -np.inf)
-            hi = np.full(n, np.inf)
-            for i in np.flatnonzero(self.last == j):
-                a = self.L[i, j]
-                mu = self.L[i, :j] @ y[:j] if j else 0.0
-                b1, b2 = (-c * s - mu) / a, (c * s - mu) / a
-                lo = np.maximum(lo, np.minimum(b1, b2))
-                hi = np.minimum(hi, np.maximum(b1, b2))
-            plo, phi = special.ndtr(lo), special.ndtr(hi)
-            width = np.maximum(phi - plo, 0.0)
-            f *= width
-            if j < self.r - 1:
-                q = np.clip(plo + u[j] * width, 1e-300, 1 - 1e-16)
-                y[j] = special.ndtri(q)
-        return float(f.mean())
+        # all shifts side by side: columns b·n .. (b+1)·n − 1 are batch b
+        u = np.hstack([np.mod(base + rng.random((dim, 1)), 1.0) for _ in range(n_batches)])
+        u = np.abs(2.0 * u - 1.0)                     # baker's transform
+        if np.isinf(self.df):
+            self.s = np.ones(u.shape[1])
+        else:                                         # S = √(χ²_ν/ν) by its upper quantile
+            self.s, u = np.sqrt(special.chdtri(self.df, u[0]) / self.df), u[1:]
+        self.u = u
+        self.n_batches = n_batches
+        self.attached = [np.flatnonzero(self.last == j) for j in range(self.r)]
 
     def prob(self, c: float) -> tuple:
         """(P(max |Tᵢ| ≤ c), Monte Carlo standard error over the random shifts)."""
         if c <= 0:
             return 0.0, 0.0
-        vals = np.array([self._batch(c, s, u) for s, u in self.points])
-        return float(vals.mean()), float(vals.std(ddof=1) / np.sqrt(len(vals)))
-
+        n = self.s.shape[0]
+        cs = c * self.s
+        y = np.zeros((self.r, n))
+        f = np.ones(n)
+        for j in range(self.r):
+            A = self.attached[j]
+            a = self.L[A, j][:, None]
+            mu = self.L[A, :j] @ y[:j] if j else np.zeros((len(A), n))
+            b1, b2 = (-cs - mu) / a, (cs - mu) / a
+            lo = np.max(np.minimum(b1, b2), axis=0)
+            hi = np.min(np.maximum(b1, b2), axis=0)
+            plo, phi = special.ndtr(lo), special.ndtr(hi)
+            width = np.maximum(phi - plo, 0.0)
+            f *= width
+            if j < self.r - 1:
+                q = np.clip(plo + self.u[j] * width, 1e-300, 1 - 1e-16)
+                y[j] = special.ndtri(q)
+        vals = f.reshape(self.n_batches, -1).mean(axis=1)
+        return float(vals.mean()), float(vals.std(ddof=1) / np.sqrt(self.n_batches))
 
     def quantile(self, level: float) -> float:
         """c with P(max |Tᵢ| ≤ c) = level (two-sided simultaneous critical value)."""
