@@ -96,7 +96,8 @@ def test_profile_limits_are_lme4s(name):
     got = ci.to_numpy()
     spline = np.zeros(got.shape, bool)
     for case, i, j in SPLINE_LIMITED:
-        spline[i, j] = case == name
+        if case == name:
+            spline[i, j] = True
     np.testing.assert_allclose(got[~spline], want.to_numpy()[~spline], rtol=RTOL_PROFILE_FINE,
                                atol=0)
     np.testing.assert_allclose(got[spline], want.to_numpy()[spline],
