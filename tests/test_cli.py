@@ -166,7 +166,7 @@ def test_mme_run_reads_parquet(tmp_path, api_fit):
     res = _mme_run(tmp_path / "model.toml")
     assert res.returncode == 0, res.stderr
     assert "records.parquet" in res.stderr and "data: 414 rows" in res.stderr
-    assert "Variance components:" in res.stdout           # the summary
+    assert "Random effects:" in res.stdout                # the summary
     _assert_same_tables(tmp_path / "results", api_fit[0])
 
 
@@ -476,7 +476,7 @@ def test_progress_lines_and_tqdm_bar(tmp_path, capsys, monkeypatch):
     for piece in ("[mme] reading data", "[mme] pedigree: 469 animals", "[mme] design: 414",
                   "nnz(L) 3,788", "[mme] REML round 1: AI, logLik"):
         assert piece in cap.err, piece
-    assert "Variance components:" in cap.out        # the summary on stdout
+    assert "Random effects:" in cap.out             # the summary on stdout
 
     class FakeBar:
         made = []

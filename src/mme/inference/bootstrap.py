@@ -20,7 +20,6 @@ only W'y changes.
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pandas as pd

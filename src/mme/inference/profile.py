@@ -27,7 +27,6 @@ re-optimised by L-BFGS-B (``scipy.optimize``), warm-started from the nearest poi
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +34,6 @@ from scipy import optimize, stats
 
 from .._errors import OptionError, UnknownTermError
 from ..engine.boundary import RelativeFactorForm
-from ..engine.estimate import estimate as estimate_variances
 from ..engine.reml import Likelihood
 
 __all__ = ["ProfileModel", "check_profilable", "lme4_parameters", "profile_intervals",
@@ -266,14 +264,10 @@ class ProfileModel:
         return ld + self.n * (1.0 + np.log(2.0 * np.pi * r2 / self.n))
 
     def _ml_optimum(self) -> tuple:
-        """(φ̂, D̂): the ML fit (AI-REML from the fit's θ̂, or the fit itself), polished in φ."""
-        fit = self.fit
-        est = fit.internals.estimate
-        if fit.method != "ML":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                est = estimate_variances(self.mme, method="ML", start=est.theta)
-        phi0 = self.phi_of_theta(est.theta_reported)
+        """(φ̂, D̂): the ML optimum (lme4's ``refitML``), minimising the deviance over φ
+        from the fit's θ̂ (REML or ML) — in the Λ form, so an optimum with an SD at 0 is
+        reached exactly, where AI-REML would creep towards it."""
+        phi0 = self.phi_of_theta(self.fit.internals.theta_reported)
         scale = np.array([1.0 if q.kind == "cor" else max(v, 0.1 * phi0[-1])
                           for q, v in zip(self.params, phi0)])
         sig = phi0[-1]
