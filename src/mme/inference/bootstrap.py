@@ -20,7 +20,6 @@ only W'y changes.
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -84,8 +83,7 @@ class Refit:
         self.lam0 = np.where(self.free, lam0, 0.0)
         lb = self.form.bounds().lb[self.free]
         self.bounds = optimize.Bounds(lb, np.full(lb.shape, np.inf))
-        self.scale = np.maximum(np.abs(self.lam0[self.free]),
-                                max(float(np.max(np.abs(self.lam0))), 1e-3) * 0.1)
+        self.scale = np.maximum(np.abs(self.lam0[self.free]), 0.1)   # λ: SDs relative to σ
 
     def set_response(self, y: np.ndarray) -> None:
         self.mme.set_response(y)
@@ -101,7 +99,8 @@ class Refit:
             return self.form.evaluate(lam)[0]
 
         _, u = minimize_box(f, self.lam0[self.free] / sc, self.bounds.lb / sc,
-                            self.bounds.ub / sc, np.ones(sc.shape), REFIT_FTOL, REFIT_GTOL)
+                            self.bounds.ub / sc, np.ones(sc.shape), REFIT_FTOL, REFIT_GTOL,
+                            probe=1.0 / sc)
         lam[:] = 0.0
         lam[self.free] = u * sc
         m2ll, s2e, sol = self.form.evaluate(lam)

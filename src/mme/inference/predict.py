@@ -29,6 +29,7 @@ propagated, as in lme4 users' usual recipes and in ``predict.lm``):
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -244,8 +245,18 @@ def _coerce_fixed_factors(spec, newdata: pd.DataFrame) -> pd.DataFrame:
 
 
 def _fixed_matrix(design, rows: pd.DataFrame) -> sp.csc_matrix:
-    """X for new rows, with the fit's columns (aliased ones dropped), in its order."""
-    spec = design.fixed_spec
+    """X for new rows, with the fit's columns (aliased ones dropped), in its order.
+
+    A column the fit encoded as numerical must be numeric here: formulaic would encode
+    strings as a factor and, doing so, change the encoder state of the fit's own spec
+    (every later prediction then failed); the spec is also copied for the same reason."""
+    for name, (kind, _) in design.fixed_spec.encoder_state.items():
+        if getattr(kind, "value", kind) == "numerical" and name in rows.columns:
+            col = rows[name]
+            if not pd.api.types.is_numeric_dtype(col) or col.dtype == bool:
+                raise DataError(f"column {name!r} is numeric in the fit but {col.dtype} in "
+                                "newdata")
+    spec = copy.deepcopy(design.fixed_spec)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", _data_mismatch_warning())

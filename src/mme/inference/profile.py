@@ -27,7 +27,6 @@ re-optimised by L-BFGS-B (``scipy.optimize``), warm-started from the nearest poi
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +34,6 @@ from scipy import optimize, stats
 
 from .._errors import OptionError, UnknownTermError
 from ..engine.boundary import RelativeFactorForm
-from ..engine.estimate import estimate as estimate_variances
 from ..engine.reml import Likelihood
 
 __all__ = ["ProfileModel", "check_profilable", "lme4_parameters", "profile_intervals",
@@ -154,18 +152,19 @@ def check_profilable(fit, method: str) -> None:
 
 
 def minimize_box(f, x0: np.ndarray, lb: np.ndarray, ub: np.ndarray, scale: np.ndarray,
-                 ftol: float = None, gtol: float = None) -> tuple:
+                 ftol: float = None, gtol: float = None, probe: np.ndarray = None) -> tuple:
     """min f over a box, in units of ``scale``: L-BFGS-B with central-difference
     gradients (the parameters are few; a deviance costs one factorization). Returns
     (value, argmin), never worse than the start.
 
     A deviance is even in an SD (or a diagonal λ) at 0, so its gradient vanishes there
-    and L-BFGS-B stops when a step lands on that bound, maximum or not: every
-    coordinate left at a lower bound of 0 is tried at 1% of its scale, and the search
-    restarts from there when that is lower (lme4's derivative-free bobyqa has no such
-    trap)."""
+    and L-BFGS-B stops on that bound, minimum or not: every coordinate left at a lower
+    bound of 0 is tried at 1% and 10% of its natural size ``probe`` (default ``scale``),
+    and the search restarts from a lower point (lme4's derivative-free bobyqa has no
+    such trap)."""
     ftol = INNER_FTOL if ftol is None else ftol
     gtol = INNER_GTOL if gtol is None else gtol
+    probe = scale if probe is None else probe
     x = np.clip(np.asarray(x0, float), lb, ub)
     fx = f(x)
     if x.size == 0:
@@ -179,15 +178,17 @@ def minimize_box(f, x0: np.ndarray, lb: np.ndarray, ub: np.ndarray, scale: np.nd
         fn = f(xn)
         if fn <= fx:
             x, fx = xn, fn
-        moved = False
-        for i in np.flatnonzero((x == lb) & (lb == 0)):
-            xt = x.copy()
-            xt[i] = 0.01 * scale[i]
-            ft = f(xt)
-            if ft < fx:
-                x, fx, moved = xt, ft, True
-        if not moved:
+        best = (fx, None)
+        for i in np.flatnonzero((x < lb + 1e-3 * probe) & (lb == 0)):
+            for size in (0.01, 0.1):
+                xt = x.copy()
+                xt[i] = min(size * probe[i], ub[i])
+                ft = f(xt)
+                if ft < best[0] - 1e-12 * abs(best[0]):
+                    best = (ft, xt)
+        if best[1] is None:
             break
+        fx, x = best
     return fx, x
 
 
@@ -209,8 +210,12 @@ class ProfileModel:
         self.upper = np.array([1.0 if q.kind == "cor" else np.inf for q in self.params])
         self.phi_hat, self.base = self._ml_optimum()
         sig = self.phi_hat[-1]
-        self.scale = np.array([1.0 if q.kind == "cor" else max(v, 1e-3 * sig) if q.kind == "sd"
+        # units of the optimisers: an SD's estimate, but at least 10% of σ̂ (an SD near 0
+        # measured in its own tiny units would leave L-BFGS-B's steps and tolerances
+        # meaningless); correlations in their own units
+        self.scale = np.array([1.0 if q.kind == "cor" else max(v, 0.1 * sig) if q.kind == "sd"
                                else v for q, v in zip(self.params, self.phi_hat)])
+        self.probe = np.array([1.0 if q.kind == "cor" else sig for q in self.params])
         self.lam_hat = self.lam_of(self.phi_hat)[0]
         self._starts = {}
 
@@ -258,21 +263,16 @@ class ProfileModel:
         r2 = pwrss + (b - beta[j]) ** 2 / cxx[j, j]
         return ld + self.n * (1.0 + np.log(2.0 * np.pi * r2 / self.n))
 
-    def _minimize(self, f, x0: np.ndarray, lb: np.ndarray, ub: np.ndarray, scale: np.ndarray):
-        return minimize_box(f, x0, lb, ub, scale)
-
     def _ml_optimum(self) -> tuple:
-        """(φ̂, D̂): the ML fit (AI-REML from the fit's θ̂, or the fit itself), polished in φ."""
-        fit = self.fit
-        est = fit.internals.estimate
-        if fit.method != "ML":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                est = estimate_variances(self.mme, method="ML", start=est.theta)
-        phi0 = self.phi_of_theta(est.theta_reported)
-        scale = np.array([1.0 if q.kind == "cor" else max(v, 1e-3 * phi0[-1])
+        """(φ̂, D̂): the ML optimum (lme4's ``refitML``), minimising the deviance over φ
+        from the fit's θ̂ (REML or ML) — in the Λ form, so an optimum with an SD at 0 is
+        reached exactly, where AI-REML would creep towards it."""
+        phi0 = self.phi_of_theta(self.fit.internals.theta_reported)
+        scale = np.array([1.0 if q.kind == "cor" else max(v, 0.1 * phi0[-1])
                           for q, v in zip(self.params, phi0)])
-        d, phi = self._minimize(self.deviance, phi0, self.lower, self.upper, scale)
+        sig = phi0[-1]
+        probe = np.array([1.0 if q.kind == "cor" else sig for q in self.params])
+        d, phi = minimize_box(self.deviance, phi0, self.lower, self.upper, scale, probe=probe)
         return phi, d
 
     # -- profiles --------------------------------------------------------------
@@ -293,7 +293,8 @@ class ProfileModel:
             phi[free], phi[w] = v, x
             return self.deviance(phi)
 
-        d, v = self._minimize(f, start, self.lower[free], self.upper[free], self.scale[free])
+        d, v = minimize_box(f, start, self.lower[free], self.upper[free], self.scale[free],
+                            probe=self.probe[free])
         self._starts.setdefault(w, []).append((x, v))
         return d
 
@@ -304,14 +305,15 @@ class ProfileModel:
         free = self.lam_free
         start = self._nearest_start(key, b, lam0[free])
         lb = self.form.bounds().lb[free]
-        lscale = np.maximum(np.abs(lam0[free]), max(float(np.max(np.abs(lam0))), 1e-3) * 0.1)
+        lscale = np.maximum(np.abs(lam0[free]), 0.1)     # λ: SDs relative to σ
 
         def f(v):
             lam = np.zeros_like(lam0)
             lam[free] = v
             return self.deviance_beta(lam, j, b)
 
-        d, v = self._minimize(f, start, lb, np.full(lb.shape, np.inf), lscale)
+        d, v = minimize_box(f, start, lb, np.full(lb.shape, np.inf), lscale,
+                            probe=np.ones(lb.shape))
         self._starts.setdefault(key, []).append((b, v))
         return d
 

@@ -242,10 +242,12 @@ def _random_effects(fit) -> list:
         names.append("")
         var.append(float(R0[0, 0]))
     else:
-        res_names = [t1 for t1, t2 in mme.residual.names() if t2 == ""]
+        # a structured residual: its variances as variance_components lists them
+        vc = fit.variance_components
+        res = vc[(vc["group"] == "Residual").to_numpy()]
         vmask = np.asarray(mme.residual.variance_mask(), bool)
-        rv = np.asarray(mme.residual.theta_of(np.atleast_2d(R0)), float)[vmask]
-        for i, (t, v) in enumerate(zip(res_names, rv)):
+        rows = res[vmask] if len(vmask) == len(res) else res[(res["term2"] == "").to_numpy()]
+        for i, (t, v) in enumerate(zip(rows["term1"], rows["estimate"])):
             groups.append("Residual" if i == 0 else "")
             names.append(t)
             var.append(float(v))
