@@ -302,7 +302,7 @@ def test_bad_genotype_files_exit_1(tmp_path, capsys, name, text, culprit):
 
 
 @pytest.mark.parametrize("args, culprit", [
-    (["--genomic", str(GENOTYPES), "--genomic-term", "id"], "single-step needs --pedigree FILE; with genotypes only "
+    (["--genomic", str(GENOTYPES)], "single-step needs --pedigree FILE; with genotypes only "
                                     "use --genomic-model gblup"),
     (["--genomic", str(GENOTYPES), "--genomic-model", "gblup"],
      "name the random term the genotypes apply to: --genomic-term TERM"),
@@ -336,7 +336,7 @@ def test_bad_genomic_options_exit_1(tmp_path, capsys, args, culprit):
     ('[genomic]\nfile = "GEN"\nmodel = "ssgblup"\n',
      "[genomic] model must be single-step or gblup, got 'ssgblup'"),
     ('[genomic]\nfile = "GEN"\ntune = "max"\n', "[genomic] tune must be diag-offdiag, mean"),
-    ('[genomic]\nfile = "GEN"\nterm = "id"\n',
+    ('[genomic]\nfile = "GEN"\n',
      "single-step needs a [pedigree] file; with genotypes only use model = \"gblup\""),
     ('[genomic]\nfile = "GEN"\nblend = "some"\n', "[genomic] blend must be int or float"),
     ('[options]\nthreads = 0\n', "[options] threads must be a whole number of at least 1"),

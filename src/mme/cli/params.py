@@ -291,6 +291,9 @@ def settle_relmat(cfg: RunConfig, where: str = "", cli: bool = False) -> None:
     gblup_key = "--genomic-model gblup" if cli else "model = \"gblup\" in [genomic]"
     g = cfg.genomic
     if g is not None:
+        if g.model == "single-step" and not cfg.pedigree:
+            raise InputError(f"{pre}single-step needs {ped_key}; with genotypes only use "
+                             f"{gblup_key}")
         if g.term is None:
             if len(cfg.relmat) == 1:
                 g.term = cfg.relmat[0]
@@ -302,9 +305,6 @@ def settle_relmat(cfg: RunConfig, where: str = "", cli: bool = False) -> None:
                                  f"the one the genotypes apply to: {term_key}")
         elif g.term not in cfg.relmat:
             cfg.relmat = list(cfg.relmat) + [g.term]
-        if g.model == "single-step" and not cfg.pedigree:
-            raise InputError(f"{pre}single-step needs {ped_key}; with genotypes only use "
-                             f"{gblup_key}")
         if g.tune is not None and not cfg.pedigree:
             raise InputError(f"{pre}tune puts G on the scale of the pedigree's A22: it needs "
                              f"{ped_key}")
