@@ -209,7 +209,8 @@ def render(results: dict, machine: str) -> str:
              f"Run {results['started']}, command `{results['command']}`; total "
              f"{results['minutes']:.1f} min. Free memory at the start: "
              f"{results['mem_available_gib']:.1f} GiB.", "",
-             f"Model `{FORMULA}`, relmat A⁻¹ of the simulated pedigree (rank 0), "
+             f"Model `{FORMULA}`, relmat A⁻¹ of the simulated pedigree (built by every "
+             "rank, each multiplying by its share of G⁻¹'s rows; `--ginv split`), "
              "true variances (σ²ₐ 0.4, σ²_herd 0.2, σ²ₑ 0.6), distributed PCG with the block "
              "preconditioner to a relative residual of 1e-8; one Allreduce per "
              "iteration. Records generated per rank (docstring of the script). `mpiexec` "
@@ -297,7 +298,16 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--wait-idle", type=float, default=0.0)
     ap.add_argument("--out-prefix", default=os.path.join(HERE, "results_mpi"))
+    ap.add_argument("--render", action="store_true",
+                    help="rewrite <out-prefix>.md from its .json (after a change of layout)")
     a = ap.parse_args()
+    if a.render:
+        from _machine import machine_markdown
+        with open(a.out_prefix + ".json") as fh:
+            results = json.load(fh)
+        with open(a.out_prefix + ".md", "w") as fh:
+            fh.write(render(results, machine_markdown(results["machine"])))
+        return None
     if a.worker:
         return worker(a)
     if a.direct_worker:

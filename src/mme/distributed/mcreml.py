@@ -232,7 +232,7 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
     with comm.step("drawing the Monte-Carlo samples"):
         draws = _Draws(design, comm, seed, n_samples)
     ns = n_samples
-    X_prev = None
+    X_prev = S_prev = None       # last round's solutions: the next round's start
     history, converged = [], False
     ai = mc_cov = None
     pcg_total = 0
@@ -269,7 +269,8 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
         Wv = np.column_stack([design.blocks[k].Z @ U[k][:, 0] / theta[k]
                               for k in range(m - 1)] + [E[:, 0] / theta[-1]])
         Bw = op.rhs(Wv, "right-hand sides (working variates)")
-        rw = block_pcg(op.matvec, Bw, M, tol=tol)
+        rw = block_pcg(op.matvec, Bw, M, tol=tol, X0=S_prev)
+        S_prev = rw.X
         PW = (Wv - design.W @ rw.X) / theta[-1]
         ai = comm.allreduce(0.5 * (Wv.T @ PW), "average information")
         ai = 0.5 * (ai + ai.T)
