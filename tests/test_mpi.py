@@ -80,9 +80,7 @@ def run_job(n: int, out: Path, data: Path, formula: str, variances: dict, *extra
            "--factors", factors, "--timeout", str(collective_timeout), *extra]
     if pedigree is not None:
         cmd += ["--pedigree", str(pedigree)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep
-               + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
-               OPENBLAS_NUM_THREADS="1")
+    env = _subprocess_env()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=str(ROOT))
     result = json.loads(out.read_text()) if out.exists() else None
@@ -367,11 +365,18 @@ ANIMAL_FORMULA = "weight ~ sex + (1|herd) + (1|id)"
 ANIMAL_VARIANCES = {"herd": 118.0, "id": 101.0, "Residual": 141.0}
 
 
+def _subprocess_env() -> dict:
+    """The ranks import the mme this test imported (the installed package in CI, src/
+    when built in place), one BLAS thread each."""
+    import mme
+    path = str(Path(mme.__file__).resolve().parents[1])
+    return dict(os.environ, PYTHONPATH=path + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+
+
 def run_cli(n: int | None, *args, timeout: float = JOB_TIMEOUT):
     cmd = ([_mpiexec(), "-n", str(n)] if n else []) + [sys.executable, "-m", "mme", *args]
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep
-               + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
-               OPENBLAS_NUM_THREADS="1")
+    env = _subprocess_env()
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=str(ROOT))
 
