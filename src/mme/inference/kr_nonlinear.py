@@ -66,7 +66,7 @@ def kenward_roger_dense(fit, second_order: bool = True):
     Vs, V2 = _derivatives(mme, theta)
     k = len(Vs)
     V = _marginal(mme, theta)
-    X = design.X.toarray()
+    X = design.X.toarray()                             # dense-ok: n × p, n ≤ DENSE_MAX_N
     cV = np.linalg.cholesky(V)
     Vinv = _chol_inverse(cV)
     VinvX = Vinv @ X
@@ -200,7 +200,7 @@ def _E(d: int, a: int, b: int) -> np.ndarray:
 def _dense(M, left=None) -> np.ndarray:
     """M as a dense array, or left @ M."""
     if left is None:
-        return M.toarray() if sp.issparse(M) else np.array(M, dtype=float)
+        return M.toarray() if sp.issparse(M) else np.array(M, dtype=float)   # dense-ok: V pieces, n ≤ DENSE_MAX_N
     return np.asarray((M.T @ left.T).T) if sp.issparse(M) else left @ M
 
 

@@ -439,10 +439,10 @@ def _mean_and_se(fit, design, mme, mf, rows, include_random: bool, interval: str
         fac = fit.internals.factor_at_estimate()
         var = np.empty(m)
         for i in range(0, m, SOLVE_CHUNK):
-            B = Wn[i:i + SOLVE_CHUNK].T.toarray()
+            B = Wn[i:i + SOLVE_CHUNK].T.toarray()   # dense-ok: dim × SOLVE_CHUNK right-hand sides
             var[i:i + SOLVE_CHUNK] = np.sum(B * fac.solve(B), axis=0)
     else:
-        Xd = X.toarray()
+        Xd = X.toarray()                             # dense-ok: new rows × p (fixed part)
         var = np.einsum("ij,jk,ik->i", Xd, fit.vcov_beta, Xd)
     # a new observation of the row: its residual, and at the population level the
     # effects of every random term as for a new group
