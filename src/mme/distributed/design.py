@@ -35,7 +35,7 @@ import scipy.sparse as sp
 from formulaic import Formula
 
 from .._errors import DataError, DroppedRowsWarning, FormulaError, OptionError
-from ..model.design import (KINV_SYMMETRY_TOL, UNKNOWN_TOKENS, RandomBlock, _relmat_parts,
+from ..model.design import (KINV_SYMMETRY_TOL, RandomBlock, _relmat_parts, relmat_codes,
                             _response,
                             alias_keep, group_codes, r_name, term_variables, used_columns)
 from ..model.formula import ModelFormula, parse_formula
@@ -328,14 +328,7 @@ def _relmat_block(t, data: pd.DataFrame, rel, owner: bool) -> RandomBlock:
                         "pair")
     T, names = _term_matrix(t, data)
     ids = normalize_ids(data[t.factors[0]]) if len(data) else np.zeros(0, dtype=object)
-    codes = levels.get_indexer(ids) if len(ids) else np.zeros(0, dtype=np.int64)
-    tokens = {normalize_ids(x) for x in getattr(rel, "missing_tokens", UNKNOWN_TOKENS)}
-    unknown = (codes < 0) & np.array([v is None or v in tokens for v in ids], dtype=bool)
-    bad = (codes < 0) & ~unknown
-    if bad.any():
-        vals = pd.unique(ids[bad])
-        raise DataError(f"{len(vals)} {t.group!r} value(s) in the data are not in its "
-                        f"relationship matrix / pedigree, e.g. {list(vals[:5])}")
+    codes, _ = relmat_codes(rel, levels, ids, t.group)
     return RandomBlock(group=t.group, terms=names, levels=levels,
                        Z=_z(T, np.asarray(codes, np.int64), len(levels)), Kinv=Kinv,
                        logdet_K=logdet, Kdiag=Kdiag, k_is_identity=False)

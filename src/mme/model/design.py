@@ -320,6 +320,23 @@ def _relmat_parts(rel, group: str) -> tuple:
     raise DataError(f"relmat for {group!r} must be an mme.Pedigree or a (levels, Kinv) pair")
 
 
+def relmat_codes(rel, levels: pd.Index, ids, group: str) -> tuple:
+    """(codes of ``ids`` among a relationship matrix's ``levels``, mask of unknown ids).
+
+    An unknown level (missing, or a pedigree's unknown-parent token such as 0: a dam
+    that is not known) gets code −1 and gives the row no effect of this term; the row
+    is kept. Any other id not among the levels is a DataError naming examples."""
+    codes = levels.get_indexer(ids) if len(ids) else np.zeros(0, dtype=np.int64)
+    tokens = {normalize_ids(t) for t in getattr(rel, "missing_tokens", UNKNOWN_TOKENS)}
+    unknown = (codes < 0) & np.array([v is None or v in tokens for v in ids], dtype=bool)
+    bad = (codes < 0) & ~unknown
+    if bad.any():
+        vals = pd.unique(ids[bad])
+        raise DataError(f"{len(vals)} {group!r} value(s) in the data are not in its "
+                        f"relationship matrix / pedigree, e.g. {list(vals[:5])}")
+    return codes, unknown
+
+
 def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict,
                   unit_level_ok: bool = False) -> RandomBlock:
     n = len(data)
@@ -347,17 +364,8 @@ def _random_block(term: RandomTerm, data: pd.DataFrame, relmat: dict,
             raise FormulaError(f"relmat needs a single grouping column, got {term.group!r}")
         rel = relmat[term.group]
         levels, Kinv, logdet, Kdiag = _relmat_parts(rel, term.group)
-        ids = normalize_ids(data[term.factors[0]])
-        codes = levels.get_indexer(ids)
-        # an unknown level (missing, or a pedigree's unknown-parent token such as 0: a
-        # dam that is not known) gives the row no effect of this term; the row is kept
-        tokens = {normalize_ids(t) for t in getattr(rel, "missing_tokens", UNKNOWN_TOKENS)}
-        unknown = (codes < 0) & np.array([v is None or v in tokens for v in ids], dtype=bool)
-        bad_mask = (codes < 0) & ~unknown
-        if bad_mask.any():
-            bad = pd.unique(ids[bad_mask])
-            raise DataError(f"{len(bad)} {term.group!r} value(s) in the data are not in its "
-                            f"relationship matrix / pedigree, e.g. {list(bad[:5])}")
+        codes, unknown = relmat_codes(rel, levels, normalize_ids(data[term.factors[0]]),
+                                      term.group)
         if unknown.any():
             log.info("%d rows have no known %r (missing or an unknown-parent code): no %r "
                      "effect for them", int(unknown.sum()), term.factors[0], term.group)
