@@ -101,6 +101,25 @@ def test_selected_inverse_on_the_factor_layout(n, density, mode):
     np.testing.assert_array_equal(f.slots(r, c), f.slots(c, r))
 
 
+@pytest.mark.parametrize("mode", ["simplicial", "supernodal"])
+def test_selected_inverse_buffer_is_refilled_after_refactorization(mode):
+    """The output buffer is reused from call to call (no fresh pages each REML round):
+    after a refactorization at other values it holds the new inverse, not the old."""
+    A, lower = _spd(400, 0.01, seed=11)
+    f = Cholesky(lower, "amd", mode)
+    r, c = lower.nonzero()
+    f.factorize(lower)
+    first = f.selected_inverse()
+    z1 = first[f.slots(r, c)].copy()
+    f.factorize(lower, beta=3.0)
+    second = f.selected_inverse()
+    assert second is first
+    Binv = np.linalg.inv(A.toarray() + 3.0 * np.eye(400))
+    got = second[f.slots(r, c)]
+    assert np.abs(got - Binv[r, c]).max() <= RTOL_SELINV * np.abs(Binv).max()
+    assert np.abs(z1 - got).max() > 1e3 * RTOL_SELINV * np.abs(Binv).max()
+
+
 def test_beta_shift_and_refactorization():
     A, lower = _spd(300, 0.01, seed=5)
     f = Cholesky(lower, "amd")
