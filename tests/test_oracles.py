@@ -70,6 +70,9 @@ RTOL_BLUP = 1e-11
 #: max |PEV(mme)/PEV(dense) − 1|, also cond_var and reliability (achieved ≤ 3.3e-14)
 ATOL_RELIABILITY = 1e-13  # rounding of 1 − PEV/prior where PEV = prior (achieved 2.2e-16)
 RTOL_PEV = 1e-12
+#: reliabilities of a (levels, K⁻¹) relmat vs the same model with the Pedigree: the same
+#: K⁻¹, the same AI-REML path; diag(K) by selected inverse vs 1 + F (achieved 4.4e-16)
+ATOL_RELIABILITY_KINV = 1e-13
 #: max |β̂(mme) − β̂(dense)| relative to max|β̂| (achieved ≤ 7.2e-14)
 RTOL_BETA = 1e-12
 #: SEs of θ (and of h²): mme (AI⁻¹) vs the dense average information at mme's θ
@@ -768,6 +771,27 @@ class TestRelmatArgument:
         assert np.linalg.eigvalsh(Kinv.toarray())[0] < 0
         _raises(lambda: mme.fit(self.F, animal["df"], relmat={"id": (list(ped.ids), Kinv)}),
                 mme.NotPositiveDefiniteError, "'id'")
+
+    @pytest.mark.parametrize("with_logdet", [False, True])
+    def test_reliability_of_a_kinv_relmat_as_the_pedigree(self, animal, animal_fit, with_logdet):
+        """A relmat given as K⁻¹ alone (single-step H⁻¹, GBLUP G⁻¹ come so) reports
+        reliabilities 1 − PEV/(σ²Kᵢᵢ) with diag(K) from K⁻¹ (selected inverse), as the
+        pedigree fit's with 1 + F — not NaN."""
+        ped = animal["ped"]
+        rel = (list(ped.ids), ped.ainverse())
+        if with_logdet:
+            rel = rel + (float(ped.logdet_a()),)
+        fit = mme.fit(self.F, animal["df"], relmat={"id": rel})
+        ref = animal_fit[0].random_effects
+        got = fit.random_effects
+        assert np.isfinite(got["reliability"]).all()
+        np.testing.assert_allclose(got["reliability"], ref["reliability"], rtol=0,
+                                   atol=ATOL_RELIABILITY_KINV)
+        # and against the dense oracle: 1 − PEV / (σ²ₐ diag(A))
+        s2a = fit.variance_components.set_index("group").loc["id", "estimate"]
+        Adiag = np.diag(animal["A"])[[animal["pos"][str(x)] for x in got["level"]]]
+        np.testing.assert_allclose(got["reliability"], 1 - got["pev"] / (s2a * Adiag),
+                                   rtol=0, atol=ATOL_RELIABILITY)
 
     def test_duplicated_levels(self, animal):
         ped = animal["ped"]

@@ -24,7 +24,7 @@ from ._threads import dense_blas_threads as dense_blas_threads_
 from .engine.estimate import KNOWN, LEAST_SQUARES, NEAR_SINGULAR_TOL, Estimate, estimate
 from .engine.reml import METHODS
 from .engine.system import MME
-from .model.design import Design, build_design
+from .model.design import Design, build_design, relationship_diagonal
 from .results import Fit, Internals, RandomEffectsBlock, read_only
 
 __all__ = ["fit", "build_design", "build_mme", "estimate", "assemble"]
@@ -174,7 +174,7 @@ def _random_effects(est: Estimate, F: np.ndarray) -> tuple:
         sl = slice(s.offset - p, s.offset - p + s.block.q)
         shape = (s.d, s.L)
         pev = cuu[sl].reshape(shape).copy()
-        kdiag = s.block.Kdiag if s.block.Kdiag is not None else np.full(s.L, np.nan)
+        kdiag = relationship_diagonal(s.block)
         prior = np.diag(G0)[:, None] * kdiag[None, :]
         blup = ev.solution[s.offset:s.offset + s.block.q].reshape(shape).copy()
         cond_b = cond[sl].reshape(shape).copy()

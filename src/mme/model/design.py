@@ -303,21 +303,45 @@ def _relmat_parts(rel, group: str) -> tuple:
         if asym.nnz and asym.max() > KINV_SYMMETRY_TOL * max(abs(Kinv).max(), 1e-300):
             raise DataError(f"relmat for {group!r}: K⁻¹ is not symmetric (largest "
                             f"|K⁻¹ − K⁻¹'| = {asym.max():.3g}); give both triangles")
-        if len(rel) == 3:
-            logdet = float(rel[2])
-        else:
-            from ..engine.cholesky import Cholesky
-            try:
-                K_lower = sp.tril(Kinv).tocsc()
-                factor = Cholesky(K_lower)
-                factor.factorize(K_lower)
-                logdet = -factor.logdet()
-                factor.free()
-            except NotPositiveDefiniteError as exc:
-                raise NotPositiveDefiniteError(
-                    f"relmat for {group!r}: K⁻¹ is not positive definite ({exc})") from exc
-        return levels, Kinv, logdet, None
+        if len(rel) == 3:           # log|K| given: K⁻¹ is not factorized here
+            return levels, Kinv, float(rel[2]), None
+        factor = _factor_kinv(Kinv, group)
+        logdet = -factor.logdet()
+        Kdiag = _diag_of_inverse(factor)
+        factor.free()
+        return levels, Kinv, logdet, Kdiag
     raise DataError(f"relmat for {group!r} must be an mme.Pedigree or a (levels, Kinv) pair")
+
+
+def _factor_kinv(Kinv: sp.csc_matrix, group: str):
+    from ..engine.cholesky import Cholesky
+    try:
+        K_lower = sp.tril(Kinv).tocsc()
+        factor = Cholesky(K_lower)
+        factor.factorize(K_lower)
+    except NotPositiveDefiniteError as exc:
+        raise NotPositiveDefiniteError(
+            f"relmat for {group!r}: K⁻¹ is not positive definite ({exc})") from exc
+    return factor
+
+
+def _diag_of_inverse(factor) -> np.ndarray:
+    """diag(K) from the factor of K⁻¹ by a selected inverse (K itself is never formed)."""
+    i = np.arange(factor.n, dtype=np.int64)
+    return factor.selected_inverse()[factor.slots(i, i)].copy()
+
+
+def relationship_diagonal(block: RandomBlock) -> np.ndarray:
+    """diag(K) of a term — reliabilities are 1 − PEV/(σ²Kᵢᵢ): 1 + F kept from a
+    pedigree, ones for K = I, from K⁻¹ by a selected inverse when a ``(levels, Kinv)``
+    relmat was factorized for log|K|; else (``(levels, Kinv, logdet)``: K⁻¹ not
+    factorized at the design) computed here, one factorization of K⁻¹."""
+    if block.Kdiag is not None:
+        return block.Kdiag
+    factor = _factor_kinv(block.Kinv, block.group)
+    kdiag = _diag_of_inverse(factor)
+    factor.free()
+    return kdiag
 
 
 def relmat_codes(rel, levels: pd.Index, ids, group: str) -> tuple:
