@@ -209,6 +209,22 @@ def test_mpi_mrode_multitrait_printed_digits(name, tmp_path):
 
 @needs_mpi
 @pytest.mark.slow
+def test_mpi_multitrait_more_ranks_than_rows(tmp_path):
+    """Mrode 5.2's 6 rows on 8 ranks: two ranks hold none, one holds a calf with WWG
+    only; its long rows are the observed traits of its wide rows."""
+    d, ped, rec = _mrode("mrode_5_2_multitrait_missing", tmp_path)
+    v = {"animal": d["G0"], "Residual": d["R0"]}
+    proc, out = run_job(8, tmp_path / "out.json", tmp_path / "data.csv", MRODE_FORMULA, v,
+                        "--relmat", "animal", factors="animal,sex",
+                        pedigree=tmp_path / "ped.csv")
+    assert proc.returncode == 0, proc.stderr
+    observed = rec[["WWG", "PWG"]].notna().sum(axis=1).tolist()
+    assert out["counts"] == observed + [0, 0]
+    _check_mrode(d, out["fixed"], pd.DataFrame(out["random"]))
+
+
+@needs_mpi
+@pytest.mark.slow
 @pytest.mark.parametrize("residual", [None, "by(site)"])
 def test_mpi_weights_equal_direct(sim, residual, tmp_path):
     v = ST_VARIANCES if residual is None else BY_VARIANCES
