@@ -305,6 +305,24 @@ def test_cli_multitrait_under_mpiexec_equals_one_process(tmp_path):
 
 @needs_mpi
 @pytest.mark.slow
+def test_cli_weights_by_site_under_mpiexec_equals_direct(sim, tmp_path):
+    out = tmp_path / "res"
+    proc = run_cli(2, "fit", ST_FORMULA, "--data", str(sim["dir"] / "st.csv"), "--pedigree",
+                   str(sim["dir"] / "ped.csv"), "--relmat", "id", "--factors", "site",
+                   "--weights", "w", "--residual", "by(site)",
+                   "--variances", "herd=0.2,id=0.4,Residual=[0.5,0.6,0.9]",
+                   "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "residual by(site) over 3 levels with weights" in (out / "mme.log").read_text()
+    fit = mme.fit(ST_FORMULA, sim["st"], relmat={"id": sim["ped"]}, variances=BY_VARIANCES,
+                  weights="w", residual="by(site)")
+    fixed = pd.read_csv(out / "fixed_effects.csv", index_col=0)["estimate"].to_dict()
+    rand = pd.read_csv(out / "random_effects.csv", dtype={"level": str})
+    assert _worst(fixed, rand, fit) <= RTOL_DIRECT
+
+
+@needs_mpi
+@pytest.mark.slow
 @pytest.mark.parametrize("extra,parts", [
     (["--method", "MC-REML"], ["--method MC-REML covers one response", "cbind()"]),
     (["--variances", MRODE_VARIANCES_CLI, "--residual", "ar1(col):ar1(row)"],

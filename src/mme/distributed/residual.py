@@ -60,7 +60,8 @@ class LocalResidual:
         if self.kind == "scalar":
             return "sigma2_e I" if self.weights is None else "sigma2_e / w (weights)"
         w = " with weights" if self.weights is not None else ""
-        return f"{self.kind}({self.factor}) over {self.t} levels{w}"
+        kind = "by" if self.kind == "diag" and self.factor != "trait" else self.kind
+        return f"{kind}({self.factor}) over {self.t} levels{w}"
 
     def rinv(self, R0: np.ndarray, n: int) -> sp.csr_matrix | None:
         """This rank's block of R⁻¹ (n × n, CSR), or None for R = σ²ₑ I."""
