@@ -87,7 +87,10 @@ class DistributedOperator:
                 self.Ginv = G[self.rows]
                 del G
         with comm.step("diag(C)"):
-            local = np.asarray(self.W.multiply(self.rinv(self.W)).sum(axis=0)).ravel()
+            if self.Rinv is None:      # no scaled copy of W (memory at 10⁷ records)
+                local = np.asarray(self.W.multiply(self.W).sum(axis=0)).ravel() / self.s2e
+            else:
+                local = np.asarray(self.W.multiply(self.Rinv @ self.W).sum(axis=0)).ravel()
             if self.Ginv is not None:
                 local[self.rows] += self.Ginv[:, self.rows].diagonal()
         self.diag = comm.allreduce(local, "diag(C)")
@@ -133,8 +136,11 @@ class DistributedOperator:
         failed, local = None, None
         shape = (self.dim,) + np.shape(Y)[1:]
         try:
-            local = np.asarray(self.WT @ self.rinv(np.asarray(Y, dtype=float)),
-                               dtype=float).reshape(shape)
+            if self.Rinv is None:      # scale the dim × k result, not the n_r × k Y
+                local = np.asarray(self.WT @ Y, dtype=float).reshape(shape) / self.s2e
+            else:
+                local = np.asarray(self.WT @ (self.Rinv @ np.asarray(Y, dtype=float)),
+                                   dtype=float).reshape(shape)
         except Exception as exc:        # noqa: BLE001
             failed, local = exc, np.zeros(shape)
         return self.comm.allreduce(local, what, failed=failed)

@@ -49,7 +49,8 @@ class BlockPreconditioner:
             return
         if 0 < p <= max_dense_fixed:
             X = design.W[:, :p]
-            Cxx = comm.allreduce((X.T @ op.rinv(X)).toarray(),  # dense-ok: p × p
+            XRX = (X.T @ X) / op.s2e if op.Rinv is None else X.T @ (op.Rinv @ X)
+            Cxx = comm.allreduce(XRX.toarray(),  # dense-ok: p × p
                                  "preconditioner: X'X")
             try:
                 self.fixed = sla.cho_factor(Cxx, lower=True)
