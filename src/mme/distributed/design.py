@@ -306,8 +306,14 @@ def _long_rows(mf: ModelFormula, data: pd.DataFrame) -> pd.DataFrame:
 def _local_residual(mf: ModelFormula, kind: str, factor, data: pd.DataFrame, weights,
                     by_union) -> LocalResidual:
     """This rank's rows' residual structure (levels the same on every rank)."""
-    w = _weights(data, weights) if weights is not None and len(data) else (
-        np.zeros(0) if weights is not None else None)
+    w = None if weights is None else np.zeros(0)
+    if weights is not None and len(data):
+        try:
+            w = _weights(data, weights)
+        except DataError as exc:
+            raise DataError(f"{exc} (row labels of this rank's slice of the data"
+                            + (", in the long form of the cbind() traits)" if
+                               mf.multi_response else ")")) from None
     if kind == "scalar":
         return LocalResidual("scalar", None, ("",), weights=w)
     if mf.multi_response:
