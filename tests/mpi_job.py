@@ -7,7 +7,10 @@ by rank 0, as ``mme: error: ...`` and every rank exits with status 1.
 
 ``--fault`` makes one rank misbehave: ``differ`` (other variances), ``unreadable``
 (its slice's file does not exist), ``raise`` (an error while building its rows),
-``stuck`` (it sleeps instead of joining a collective), ``killed`` (SIGKILL).
+``stuck`` (it sleeps instead of joining a collective), ``killed`` (SIGKILL),
+``strtrait`` (the last response of a cbind() formula read as text),
+``differ-residual`` (another ``--residual``).
+``--residual`` and ``--weights`` are those of ``mme.fit``.
 """
 from __future__ import annotations
 
@@ -29,7 +32,11 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--tol", type=float, default=1e-12)
     ap.add_argument("--timeout", type=float, default=60.0)
-    ap.add_argument("--fault", choices=["differ", "unreadable", "raise", "stuck", "killed"])
+    ap.add_argument("--fault", choices=["differ", "unreadable", "raise", "stuck", "killed",
+                                        "strtrait", "differ-residual"])
+    ap.add_argument("--relmat", default="id", help="the random term of the pedigree")
+    ap.add_argument("--residual")
+    ap.add_argument("--weights")
     ap.add_argument("--fault-rank", type=int, default=1)
     ap.add_argument("--factors", default="", help="columns read as strings, comma-separated")
     ap.add_argument("--mcreml", action="store_true")
@@ -49,13 +56,20 @@ def main() -> int:
                                   {"dtype": {c: str for c in a.factors.split(",") if c}})
             if bad and a.fault == "raise":
                 df = df.drop(columns=["sex"])
+            if bad and a.fault == "strtrait":
+                from mme.model.formula import parse_formula
+                last = parse_formula(a.formula).responses[-1]
+                df[last] = df[last].astype(str)
         relmat = None
         if a.pedigree:
             ped = mme.Pedigree.from_frame(pd.read_csv(a.pedigree, dtype=str))
-            relmat = {"id": ped}
+            relmat = {a.relmat: ped}
         variances = json.loads(a.variances)     # "null": Monte-Carlo REML's default start
         if bad and a.fault == "differ":
-            variances = {k: 2 * v for k, v in variances.items()}
+            variances = {k: np.multiply(2, v).tolist() for k, v in variances.items()}
+        residual = a.residual
+        if bad and a.fault == "differ-residual":
+            residual = "diag(trait)" if residual in (None, "us(trait)") else None
         if bad and a.fault == "stuck":
             time.sleep(3600)
         if bad and a.fault == "killed":
@@ -65,12 +79,14 @@ def main() -> int:
         if a.mcreml:
             from mme.distributed import mc_reml
             res = mc_reml(a.formula, df, relmat=relmat, start=variances, comm=comm,
-                          n_samples=a.samples, seed=a.seed)
+                          n_samples=a.samples, seed=a.seed, residual=residual,
+                          weights=a.weights)
             out = {"variances": res.variances, "mc_se": res.mc_se, "n_iter": res.n_iter,
                    "converged": res.converged, "ranks": comm.size}
         else:
             res = blup_distributed(a.formula, df, variances, relmat=relmat, comm=comm,
-                                   tol=a.tol, ginv=a.ginv)
+                                   tol=a.tol, ginv=a.ginv, residual=residual,
+                                   weights=a.weights)
             out = {"fixed": res.fixed_effects["estimate"].to_dict(),
                    "random": res.random_effects[["group", "term", "level", "blup"]]
                    .to_dict("list"),

@@ -6,7 +6,9 @@ data files (the rows of all files, stacked, split into K contiguous slices) and 
 pedigree, builds its rows of W, and
 
 * with known variances (``--variances`` / ``[model.variances]``) solves the MME by
-  PCG with one Allreduce per iteration (BLUE/BLUP; no PEV);
+  PCG with one Allreduce per iteration (BLUE/BLUP; no PEV), also for cbind()
+  multi-trait formulas, ``--weights`` and ``--residual by(col)|diag(trait)|us(trait)``
+  (wide data: the traits of a row stay on the rank that read it);
 * with ``--method MC-REML`` estimates the variances by Monte-Carlo AI-REML
   (``--samples``, ``--seed``) and writes the BLUE/BLUP at the estimates.
 
@@ -47,15 +49,23 @@ def wanted(cfg) -> bool:
 
 
 def _check(cfg, mf) -> None:
-    unsupported = [(name, getattr(cfg, name)) for name in
-                   ("residual", "weights", "covary", "structure") if getattr(cfg, name)]
+    unsupported = [name for name in ("covary", "structure") if getattr(cfg, name)]
     if unsupported:
-        raise InputError(f"the distributed solver (MPI, MC-REML) fits R = s2e I without "
-                         f"weights: {', '.join(n for n, _ in unsupported)} not supported; "
-                         "run on one process without --method MC-REML")
-    if mf.multi_response:
-        raise InputError("cbind() multi-trait models are not supported by the distributed "
-                         "solver (MPI, MC-REML) yet; run on one process")
+        raise InputError(f"the distributed solver (MPI, MC-REML) does not take "
+                         f"{', '.join('--' + n for n in unsupported)}; run on one process "
+                         "without --method MC-REML")
+    if cfg.residual and "ar1" in cfg.residual:
+        raise InputError(f"--residual {cfg.residual}: an ar1(col):ar1(row) residual "
+                         "correlates records across a field and is not supported by the "
+                         "distributed solver (MPI, MC-REML); it takes --weights and "
+                         "--residual by(col), diag(trait), us(trait); run on one process")
+    if cfg.method == MC_REML:
+        what = (["a cbind() multi-trait formula"] if mf.multi_response else []) + \
+            [f"--{n} {getattr(cfg, n)}" for n in ("residual", "weights") if getattr(cfg, n)]
+        if what:
+            raise InputError(f"--method {MC_REML} covers one response with R = s2e I, not "
+                             f"{' and '.join(what)}: give --variances for BLUP under MPI, "
+                             "or estimate the variances on one process")
     if cfg.variances is None and cfg.method != MC_REML:
         raise InputError(f"under MPI (more than one rank) variances are estimated by "
                          f"--method {MC_REML} (Monte-Carlo REML); exact {cfg.method} "
@@ -124,11 +134,13 @@ def _run(cfg, progress: Progress, comm, out: Path) -> int:
     mf = parse_formula(cfg.formula)
     comm.check_same("the run's parameters", formula=cfg.formula, data=list(map(str, cfg.data)),
                     variances=cfg.variances, method=cfg.method, relmat=list(cfg.relmat),
+                    residual=cfg.residual, weights=cfg.weights,
                     samples=cfg.mc_samples, seed=cfg.mc_seed, max_iter=cfg.max_iter)
     with comm.step("checking the options"):
         _check(cfg, mf)
     groups = [f for t in mf.random for f in t.factors]
-    factors = list(dict.fromkeys(list(cfg.factors) + groups + list(cfg.relmat)))
+    factors = [f for f in dict.fromkeys(list(cfg.factors) + groups + list(cfg.relmat))
+               if f != "trait"]    # the factor a cbind() formula adds to the long form
     t = time.perf_counter()
     with comm.step("reading this rank's rows of the data"):
         df, part = _read_rows(cfg, comm, factors)
@@ -144,10 +156,14 @@ def _run(cfg, progress: Progress, comm, out: Path) -> int:
         progress.note(f"pedigree: {ped.n:,} animals (read by every rank, each builds A^-1 and "
                       "keeps its share of G^-1's rows)")
     t = time.perf_counter()
-    design = dist.build_local_design(cfg.formula, df, comm, relmat, kinv="all")
+    design = dist.build_local_design(cfg.formula, df, comm, relmat, kinv="all",
+                                     residual=cfg.residual, weights=cfg.weights)
     levels = ", ".join(f"{b.group} {len(b.levels):,}" for b in design.blocks)
     progress.note(f"design: {design.n_total:,} records after dropping missing values, "
                   f"{design.partition.describe()}; {design.p} fixed effects"
+                  + (f", {len(design.responses)} traits" if design.multi_response else "")
+                  + (f", residual {design.residual.describe()}"
+                     if not design.residual.is_scalar else "")
                   + (f", random levels: {levels}" if levels else "")
                   + f" ({time.perf_counter() - t:.2f} s)")
     if cfg.method == MC_REML:

@@ -51,18 +51,25 @@ class DistributedResult(PCGResult):
 
 def blup_distributed(formula: str, data: pd.DataFrame, variances: dict,
                      relmat: dict | None = None, comm: Communicator | None = None,
+                     residual: str | None = None, weights: str | None = None,
                      **kw) -> DistributedResult:
     """BLUE/BLUP at known variances, this rank holding the records ``data``.
 
     Collective: every rank calls it with its rows and the same formula, variances
-    and options (a difference is refused). Keywords go to :func:`solve_distributed`;
-    with ``ginv="root"`` only rank 0 builds A⁻¹ (less memory on the others, rank 0
-    does the G⁻¹ products alone), by default every rank builds it and keeps its share.
+    and options (a difference is refused). ``residual`` and ``weights`` are those of
+    ``mme.fit`` (``"by(site)"``, ``"us(trait)"``/``"diag(trait)"`` with a cbind()
+    formula, a column of prior weights; not ``ar1(col):ar1(row)``); a multi-trait
+    model takes wide data, one row per animal or record with its traits, and
+    ``variances={"id": G0, "Residual": R0}`` with t × t matrices. Keywords go to
+    :func:`solve_distributed`; with ``ginv="root"`` only rank 0 builds A⁻¹ (less
+    memory on the others, rank 0 does the G⁻¹ products alone), by default every rank
+    builds it and keeps its share.
     """
     comm = world() if comm is None else comm
     t0 = time.perf_counter()
     design = build_local_design(formula, data, comm, relmat,
-                                kinv="root" if kw.get("ginv") == "root" else "all")
+                                kinv="root" if kw.get("ginv") == "root" else "all",
+                                residual=residual, weights=weights)
     t1 = time.perf_counter()
     res = solve_distributed(design, variances, comm, **kw)
     res.seconds = {"design": t1 - t0, **res.seconds}
@@ -78,7 +85,9 @@ def solve_distributed(design: LocalDesign, variances: dict, comm: Communicator,
     ----------
     design : LocalDesign
     variances : dict
-        As ``mme.fit(variances=...)``: ``{"id": 30, "Residual": 60}``.
+        As ``mme.fit(variances=...)``: ``{"id": 30, "Residual": 60}``; t × t matrices
+        for a multi-trait model's terms and its ``us(trait)`` residual, the t
+        variances of a ``by()``/``diag()`` residual.
     comm : Communicator
     tol : float
         Stop when ‖rhs − C x‖ / ‖rhs‖ ≤ tol (true residual).
@@ -92,8 +101,8 @@ def solve_distributed(design: LocalDesign, variances: dict, comm: Communicator,
                     max_iter=int(max_iter), preconditioner=preconditioner, ginv=ginv)
     t0 = time.perf_counter()
     with comm.step("reading the variances"):
-        G0s, R0 = parse_variances(design.blocks, variances)
-    op = DistributedOperator(design, G0s, float(R0[0, 0]), comm, ginv=ginv)
+        G0s, R0 = parse_variances(design.blocks, variances, design.residual)
+    op = DistributedOperator(design, G0s, float(R0[0, 0]), comm, ginv=ginv, R0=R0)
     with comm.step("building the preconditioner"):
         M = BlockPreconditioner(op, preconditioner)
     rhs = op.rhs(design.y, "W'y")

@@ -17,12 +17,23 @@ rank and the same as ``mme.build_design`` gives for all the records together:
   large models a relmat may be ``(pd.RangeIndex(L), K⁻¹)`` with the data column
   holding the level positions 0 … L−1 (no id strings; K⁻¹ None on other ranks).
 
-The models covered are those of the PCG solver: one response, R = σ²ₑI (no weights,
-no structured residual), any number of random terms ``(1|g)``, ``(x|g)``,
-``(1|g1:g2)``, with or without a relationship matrix. Fixed-effect terms must not be
-data-dependent transforms (``scale(x)``, ``poly(x, 2)``, ``center(x)``): they would
-be computed per slice; the ranks' column names are compared and a difference is
-refused.
+**Multi-trait** (``cbind(y1, y2) ~ 0 + trait + … + (0 + trait | id)``): each rank
+turns its rows of wide data into the long form of ``mme.build_design`` (one row per
+observed (unit, trait), unit-major), so the traits of one animal or record stay
+together on the rank that read its row; the factor ``trait`` has the responses, in
+``cbind`` order, as its levels on every rank (whichever traits a rank observed).
+
+**Residuals** (:mod:`mme.distributed.residual`): R = σ²ₑI, prior weights
+(``weights=``), a variance per level of a column (``residual="by(site)"``),
+``"diag(trait)"`` or ``"us(trait)"`` across the traits of a row: all block-diagonal
+over rows of wide data. ``ar1(col):ar1(row)`` correlates records across a field and
+is refused (OptionError naming the option).
+
+The models covered: any number of random terms ``(1|g)``, ``(x|g)``, ``(1|g1:g2)``,
+``(0 + trait|g)``, with or without a relationship matrix (no ``covary=`` or
+``structure=``). Fixed-effect terms must not be data-dependent transforms
+(``scale(x)``, ``poly(x, 2)``, ``center(x)``): they would be computed per slice; the
+ranks' column names are compared and a difference is refused.
 """
 from __future__ import annotations
 
@@ -35,13 +46,15 @@ import scipy.sparse as sp
 from formulaic import Formula
 
 from .._errors import DataError, DroppedRowsWarning, FormulaError, OptionError
-from ..model.design import (KINV_SYMMETRY_TOL, RandomBlock, _relmat_parts, relmat_codes,
-                            _response,
-                            alias_keep, group_codes, r_name, term_variables, used_columns)
+from ..model.design import (KINV_SYMMETRY_TOL, TRAIT, RandomBlock, _long_form,
+                            _relmat_parts, _response, _weights, alias_keep, group_codes,
+                            r_name, relmat_codes, term_variables, used_columns)
 from ..model.formula import ModelFormula, parse_formula
 from ..model.ids import normalize_ids
+from ..model.residual import parse_residual
 from .comm import Communicator
 from .partition import RowPartition
+from .residual import LocalResidual
 
 __all__ = ["LocalDesign", "build_local_design"]
 
@@ -64,6 +77,14 @@ class LocalDesign:
     blocks: tuple
     partition: RowPartition     # rows per rank (after dropping rows with missing values)
     rank: int
+    #: this rank's rows' residual structure (R = σ²ₑI when not given)
+    residual: LocalResidual = LocalResidual("scalar", None, ("",))
+    #: the responses: ("y",), or the traits of a cbind() formula
+    responses: tuple = ()
+
+    @property
+    def multi_response(self) -> bool:
+        return len(self.responses) > 1
 
     @property
     def n(self) -> int:
@@ -103,7 +124,9 @@ def _sorted_union(lists: list) -> list:
 
 
 def build_local_design(formula: str, data: pd.DataFrame, comm: Communicator,
-                       relmat: dict | None = None, kinv: str = "root") -> LocalDesign:
+                       relmat: dict | None = None, kinv: str = "root",
+                       residual: str | None = None, weights: str | None = None
+                       ) -> LocalDesign:
     """This rank's rows of the design (collective: every rank calls it with its rows).
 
     Parameters
@@ -120,6 +143,11 @@ def build_local_design(formula: str, data: pd.DataFrame, comm: Communicator,
         Which ranks build K⁻¹ (A⁻¹ from the pedigree): rank 0 only (it applies G⁻¹,
         ``DistributedOperator(ginv="root")``), or every rank (each then keeps its
         share of G⁻¹'s rows, ``ginv="split"``).
+    residual : str, optional
+        As ``mme.fit(residual=...)``: ``"by(site)"``, ``"diag(trait)"``,
+        ``"us(trait)"`` (the default with cbind); ``ar1(col):ar1(row)`` is refused.
+    weights : str, optional
+        Column of prior weights, as ``mme.fit(weights=...)``: Var(eᵢ) = σ²ₑ / wᵢ.
     """
     if kinv not in ("root", "all"):
         raise OptionError(f"kinv must be 'root' or 'all', got {kinv!r}")
@@ -128,32 +156,49 @@ def build_local_design(formula: str, data: pd.DataFrame, comm: Communicator,
         if not isinstance(formula, str):
             raise FormulaError("the distributed solver takes the formula as a string")
         mf = parse_formula(formula)
-        if mf.multi_response:
-            raise OptionError("cbind() multi-trait models are not supported by the "
-                              "distributed solver yet (R = σ²ₑI only): use mme.fit")
+        rkind, rfactor = parse_residual(residual, mf.multi_response)
+        if rkind == "ar1ar1":
+            raise OptionError(
+                f"residual={residual!r}: an ar1(col):ar1(row) residual correlates records "
+                "across a field, so R is not block-diagonal over the records a rank holds; "
+                "the distributed solver takes weights=, residual='by(col)', 'diag(trait)' "
+                "or 'us(trait)': fit this model with mme.fit on one machine")
+        if weights is not None and not isinstance(weights, str):
+            raise OptionError(f"weights must name a column, got {weights!r}")
         if not isinstance(data, pd.DataFrame):
             raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
         for g in relmat:
             if g not in {t.group for t in mf.random}:
                 raise FormulaError(f"relmat given for {g!r}, but the formula has no (… | {g}) "
                                    "term")
+        if mf.multi_response:
+            data = _long_rows(mf, data)
         cols = used_columns(mf)
         missing = [c for c in cols if c not in data.columns]
         if missing:
             raise FormulaError(f"column(s) {missing} used in the formula are not in the data "
                                f"(columns are: {list(data.columns)[:20]})")
+        by = rfactor if rkind == "diag" and not mf.multi_response else None
+        extra = [c for c in (weights, by) if c is not None and c not in cols]
+        absent = [c for c in extra if c not in data.columns]
+        if absent:
+            raise FormulaError(f"column(s) {absent} named by weights=/residual= are not in "
+                               f"the data (columns are: {list(data.columns)[:20]})")
         nullable = {t.factors[0] for t in mf.random if t.group in relmat} - (
             set(_fixed_cols(mf)) | {mf.response})
-        sub = data[cols]
-        keep = ~sub[[c for c in cols if c not in nullable]].isna().any(axis=1).to_numpy()
+        sub = data[cols + extra]
+        keep = ~sub[[c for c in cols + extra if c not in nullable]].isna().any(
+            axis=1).to_numpy()
         n_drop = int((~keep).sum())
         if n_drop:
-            per_col = {c: int(sub[c].isna().sum()) for c in cols if sub[c].isna().any()}
+            per_col = {c: int(sub[c].isna().sum()) for c in cols + extra
+                       if sub[c].isna().any()}
             warnings.warn(f"rank {comm.rank}: {n_drop} of {len(data)} rows dropped for "
                           f"missing values in {per_col}", DroppedRowsWarning, stacklevel=2)
         data = data.loc[keep]
-        kinds = {c: ("factor" if _is_factor(data[c]) else "numeric") for c in cols}
-    comm.check_same("the formula", formula=formula, relmat=sorted(relmat))
+        kinds = {c: ("factor" if _is_factor(data[c]) else "numeric") for c in cols + extra}
+    comm.check_same("the formula", formula=formula, relmat=sorted(relmat),
+                    residual=residual, weights=weights)
     counts = comm.allgather(len(data), "counting the rows")
     part = RowPartition(tuple(int(c) for c in counts))
     if part.n_rows == 0:
@@ -161,7 +206,7 @@ def build_local_design(formula: str, data: pd.DataFrame, comm: Communicator,
     every_kind = comm.allgather(kinds if len(data) else None, "comparing column types")
     with comm.step("coding the factors"):
         factor_cols = set()
-        for c in cols:
+        for c in cols + extra:
             seen = {k[c] for k in every_kind if k is not None}
             if len(seen) > 1:
                 who = {r: k[c] for r, k in enumerate(every_kind) if k is not None}
@@ -175,13 +220,18 @@ def build_local_design(formula: str, data: pd.DataFrame, comm: Communicator,
         local_uniques = {c: _unique_values(data[c]) for c in fixed_factor}
         groupings = [t for t in mf.random if t.group not in relmat]
         local_combos = [data[list(t.factors)].drop_duplicates() for t in groupings]
-    gathered = comm.allgather((local_uniques, local_combos), "gathering the factor levels")
+        local_by = data[[by]].drop_duplicates() if by is not None else None
+    gathered = comm.allgather((local_uniques, local_combos, local_by),
+                              "gathering the factor levels")
     with comm.step("building this rank's rows of W"):
         data = data.copy()
         for c in fixed_factor:
-            cats = _sorted_union([g[0][c] for g in gathered])
+            cats = (list(mf.responses) if mf.multi_response and c == TRAIT
+                    else _sorted_union([g[0][c] for g in gathered]))
             data[c] = pd.Categorical(data[c], categories=cats)
         y = _response(data, mf.response) if len(data) else np.zeros(0)
+        res = _local_residual(mf, rkind, rfactor, data, weights,
+                              [g[2] for g in gathered] if by is not None else None)
         X, names = _fixed(mf, data)
         blocks = []
         for i, t in enumerate(mf.random):
@@ -228,10 +278,69 @@ def build_local_design(formula: str, data: pd.DataFrame, comm: Communicator,
                     f"number of observations (={part.n_rows}) <= number of random effects "
                     f"(={b.q}) for term ({b.group}); its variance parameters and the "
                     "residual variance are probably unidentifiable")
+    if res.kind != "scalar":
+        counts = comm.allreduce(np.bincount(res.codes, minlength=res.t).astype(float),
+                                "records per residual level")
+        with comm.step("checking the residual levels"):
+            _check_residual_levels(res, counts)
     W = sp.hstack([sp.csr_matrix(X)] + [sp.csr_matrix(b.Z) for b in blocks], format="csr")
     W.sort_indices()
     return LocalDesign(formula=formula, y=y, W=W, p=len(names), fixed_names=names,
-                       aliased=aliased, blocks=tuple(blocks), partition=part, rank=comm.rank)
+                       aliased=aliased, blocks=tuple(blocks), partition=part, rank=comm.rank,
+                       residual=res, responses=tuple(mf.responses) or (mf.response,))
+
+
+def _long_rows(mf: ModelFormula, data: pd.DataFrame) -> pd.DataFrame:
+    """This rank's rows of wide data in the long form of ``mme.build_design`` (one row
+    per observed (unit, trait)); a rank that observed no response has none."""
+    absent = [r for r in mf.responses if r not in data.columns]
+    if absent or (len(data) and data[list(mf.responses)].notna().to_numpy().any()):
+        return _long_form(mf, data)        # its errors name the response column
+    long = data.iloc[:0].copy()
+    long[TRAIT] = pd.Categorical([], categories=list(mf.responses))
+    long[".unit"] = np.zeros(0, dtype=np.int64)
+    long[mf.response] = np.zeros(0)
+    return long
+
+
+def _local_residual(mf: ModelFormula, kind: str, factor, data: pd.DataFrame, weights,
+                    by_union) -> LocalResidual:
+    """This rank's rows' residual structure (levels the same on every rank)."""
+    w = None if weights is None else np.zeros(0)
+    if weights is not None and len(data):
+        try:
+            w = _weights(data, weights)
+        except DataError as exc:
+            raise DataError(f"{exc} (row labels of this rank's slice of the data"
+                            + (", in the long form of the cbind() traits)" if
+                               mf.multi_response else ")")) from None
+    if kind == "scalar":
+        return LocalResidual("scalar", None, ("",), weights=w)
+    if mf.multi_response:
+        codes = (data[TRAIT].cat.codes.to_numpy(np.int64) if len(data)
+                 else np.zeros(0, np.int64))
+        units = data[".unit"].to_numpy(np.int64)
+        return LocalResidual(kind, TRAIT, tuple(mf.responses), codes=codes,
+                             units=units if kind == "us" else None, weights=w)
+    union = pd.concat([u for u in by_union if u is not None and len(u)],
+                      ignore_index=True).drop_duplicates()
+    _, levels = group_codes(union, (factor,))
+    codes = (pd.Index(levels).get_indexer(data[factor].astype(str).to_numpy(object))
+             .astype(np.int64) if len(data) else np.zeros(0, np.int64))
+    return LocalResidual(kind, factor, tuple(levels), codes=codes, weights=w)
+
+
+def _check_residual_levels(res: LocalResidual, counts: np.ndarray) -> None:
+    """The rules of ``model.residual.residual_structure`` on the records of all ranks."""
+    if res.kind == "diag":
+        few = [res.levels[a] for a in range(res.t) if 0 < counts[a] < 2]
+        if few:
+            raise DataError(f"residual diag({res.factor}): level(s) {few} have fewer than "
+                            "two records; their residual variance cannot be estimated")
+    none = [res.levels[a] for a in range(res.t) if counts[a] == 0]
+    if none:
+        raise DataError(f"residual {res.kind}({res.factor}): level(s) {none} have no "
+                        "records")
 
 
 def _fixed_cols(mf: ModelFormula) -> list:

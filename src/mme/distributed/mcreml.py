@@ -32,7 +32,9 @@ residual draws come from one stream per block of 4,096 rows, so 1 and K ranks gi
 the same estimates to round-off.
 
 Covered: scalar variance components (random terms with one column, any
-relationship matrix) and R = σ²ₑI.
+relationship matrix) and R = σ²ₑI; multi-trait (cbind) models, weights and
+structured residuals are refused (OptionError): their BLUP at known variances is
+``blup.blup_distributed``.
 
 References
 ----------
@@ -106,17 +108,20 @@ class MCREMLResult:
 
 def mc_reml(formula: str, data: pd.DataFrame, relmat: dict | None = None,
             start: dict | None = None, comm: Communicator | None = None,
+            residual: str | None = None, weights: str | None = None,
             **kw) -> MCREMLResult:
     """Monte-Carlo AI-REML with this rank holding the records ``data`` (collective).
 
     ``start``: starting variances ({term: σ², "Residual": σ²ₑ}; default: half the
     variance of y for the residual, the rest shared by the terms). Keywords go to
     :func:`mc_reml_design` (``n_samples``, ``seed``, ``max_iter``, ``step_tol``,
-    ``tol``, ``max_mc_se_ratio``, ``max_samples``, ``callback``).
+    ``tol``, ``max_mc_se_ratio``, ``max_samples``, ``callback``). ``residual`` and
+    ``weights`` other than the default R = σ²ₑI are refused (OptionError).
     """
     comm = world() if comm is None else comm
     design = build_local_design(formula, data, comm, relmat,
-                                kinv="root" if kw.get("ginv") == "root" else "all")
+                                kinv="root" if kw.get("ginv") == "root" else "all",
+                                residual=residual, weights=weights)
     return mc_reml_design(design, comm, start=start, **kw)
 
 
@@ -222,6 +227,14 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
     with comm.step("checking the model for Monte-Carlo REML"):
         if n_samples < 2:
             raise OptionError(f"n_samples must be at least 2, got {n_samples}")
+        if design.multi_response:
+            raise OptionError(f"Monte-Carlo REML covers one response; {design.formula!r} is "
+                              "a cbind() multi-trait model: give its variances for BLUP "
+                              "(blup_distributed, --variances) or estimate them with mme.fit")
+        if not design.residual.is_scalar:
+            raise OptionError(f"Monte-Carlo REML covers R = σ²ₑI; this model has "
+                              f"{design.residual.describe()} (weights=/residual=): give "
+                              "its variances for BLUP or estimate them with mme.fit")
         wide = [b.group for b in design.blocks if b.d != 1]
         if wide:
             raise OptionError(f"Monte-Carlo REML covers scalar variance components; "

@@ -1,6 +1,10 @@
 """The distributed coefficient matrix of the MME: C V summed over ranks in one Allreduce.
 
-    C V = Σ_r W_r' W_r V / σ²ₑ  +  G⁻¹ V,      rhs = Σ_r W_r' y_r / σ²ₑ
+    C V = Σ_r W_r' R_r⁻¹ W_r V  +  G⁻¹ V,      rhs = Σ_r W_r' R_r⁻¹ y_r
+
+R_r⁻¹ is the block of R⁻¹ of rank r's records (block-diagonal over rows of wide
+data, which no rank splits: :mod:`mme.distributed.residual`); with R = σ²ₑI it is
+the scalar 1/σ²ₑ and no matrix is formed.
 
 Each rank multiplies by its own rows of W (iteration on data: C is never formed,
 Schaeffer & Kennedy 1986; the distributed form of BLUPF90's and MiX99's solvers),
@@ -34,16 +38,26 @@ class DistributedOperator:
     design : LocalDesign
     G0s : list of d × d arrays, one per random term
     sigma2_e : float
+        σ²ₑ of R = σ²ₑI; with a structured residual or weights, R₀ is given as ``R0``.
     comm : Communicator
+    R0 : t × t array, optional
+        The residual covariance of ``design.residual`` (scalar σ²ₑ with weights, the
+        variances of ``by()``/``diag()``, the traits' R₀ of ``us(trait)``).
     """
 
     def __init__(self, design: LocalDesign, G0s: list, sigma2_e: float, comm: Communicator,
-                 ginv: str = "auto"):
+                 ginv: str = "auto", R0: np.ndarray | None = None):
         self.design, self.comm = design, comm
         self.s2e = float(sigma2_e)
         self.p, self.dim = design.p, design.dim
         self.W = design.W
         self.WT = design.W.T.tocsr()
+        #: this rank's block of R⁻¹ (None: R = σ²ₑI, applied as 1/σ²ₑ)
+        self.Rinv = None
+        if not design.residual.is_scalar:
+            with comm.step("R⁻¹ of this rank's records"):
+                self.Rinv = design.residual.rinv(
+                    np.atleast_2d(self.s2e) if R0 is None else R0, design.n)
         self.G0inv = [np.linalg.inv(G0) for G0 in G0s]
         self.owner = comm.rank == 0
         with comm.step("G⁻¹"):
@@ -73,7 +87,10 @@ class DistributedOperator:
                 self.Ginv = G[self.rows]
                 del G
         with comm.step("diag(C)"):
-            local = np.asarray(self.W.multiply(self.W).sum(axis=0)).ravel() / self.s2e
+            if self.Rinv is None:      # no scaled copy of W (memory at 10⁷ records)
+                local = np.asarray(self.W.multiply(self.W).sum(axis=0)).ravel() / self.s2e
+            else:
+                local = np.asarray(self.W.multiply(self.Rinv @ self.W).sum(axis=0)).ravel()
             if self.Ginv is not None:
                 local[self.rows] += self.Ginv[:, self.rows].diagonal()
         self.diag = comm.allreduce(local, "diag(C)")
@@ -81,10 +98,19 @@ class DistributedOperator:
         self.seconds_local = 0.0      # this rank's W'W V and G⁻¹V
         self.seconds_reduce = 0.0     # the Allreduce (with waiting for the slowest rank)
 
+    def rinv(self, A):
+        """R_r⁻¹ A for this rank's rows A (dense, or sparse: then sparse)."""
+        if self.Rinv is None:
+            return A * (1.0 / self.s2e)
+        return self.Rinv @ A
+
     def local_product(self, V: np.ndarray) -> np.ndarray:
         """This rank's part of C V (V: dim or dim × k)."""
-        out = self.WT @ (self.W @ V)
-        out *= 1.0 / self.s2e
+        if self.Rinv is None:
+            out = self.WT @ (self.W @ V)
+            out *= 1.0 / self.s2e
+        else:
+            out = self.WT @ (self.Rinv @ (self.W @ V))
         if self.Ginv is not None:
             out[self.rows] += self.Ginv @ V
         return out
@@ -106,11 +132,15 @@ class DistributedOperator:
         return out
 
     def rhs(self, Y: np.ndarray, what: str = "right-hand sides") -> np.ndarray:
-        """Σ_r W_r' Y_r / σ²ₑ for this rank's rows Y_r (n_r or n_r × k)."""
+        """Σ_r W_r' R_r⁻¹ Y_r for this rank's rows Y_r (n_r or n_r × k)."""
         failed, local = None, None
         shape = (self.dim,) + np.shape(Y)[1:]
         try:
-            local = np.asarray(self.WT @ Y, dtype=float).reshape(shape) / self.s2e
+            if self.Rinv is None:      # scale the dim × k result, not the n_r × k Y
+                local = np.asarray(self.WT @ Y, dtype=float).reshape(shape) / self.s2e
+            else:
+                local = np.asarray(self.WT @ (self.Rinv @ np.asarray(Y, dtype=float)),
+                                   dtype=float).reshape(shape)
         except Exception as exc:        # noqa: BLE001
             failed, local = exc, np.zeros(shape)
         return self.comm.allreduce(local, what, failed=failed)
@@ -122,4 +152,5 @@ class DistributedOperator:
     @property
     def nnz_local(self) -> int:
         """Nonzeros this rank multiplies by per product (W, W' and its rows of G⁻¹)."""
-        return int(2 * self.W.nnz + (self.Ginv.nnz if self.Ginv is not None else 0))
+        return int(2 * self.W.nnz + (self.Ginv.nnz if self.Ginv is not None else 0)
+                   + (self.Rinv.nnz if self.Rinv is not None else 0))

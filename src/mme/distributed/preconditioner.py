@@ -1,11 +1,13 @@
 """The block-diagonal preconditioner of the distributed PCG, M ≈ C.
 
-* the fixed-effects block X'X/σ²ₑ as one dense p × p block (Cholesky), for
+* the fixed-effects block X'R⁻¹X as one dense p × p block (Cholesky), for
   p ≤ ``max_dense_fixed`` (its diagonal above): fixed effects are few and strongly
   coupled;
-* for a random term with d > 1 effects per level (random slopes), the d × d block of
-  each level: Σ_r Z_r,a' Z_r,c / σ²ₑ + (G₀⁻¹)_ac diag(K⁻¹) (Strandén & Lidauer 1999;
-  Tsuruta, Misztal & Strandén 2001);
+* for a random term with d > 1 effects per level (random slopes, or the traits of
+  ``(0 + trait | id)`` in a multi-trait model), the d × d block of each level:
+  Σ_r diag(Z_r,a' R_r⁻¹ Z_r,c) + (G₀⁻¹)_ac diag(K⁻¹) — with R₀'s covariances
+  between the traits of a record (Strandén & Lidauer 1999; Tsuruta, Misztal &
+  Strandén 2001);
 * the diagonal of C elsewhere (Jacobi).
 
 Its parts are sums over ranks like C's (one Allreduce each, once per solve); the
@@ -47,7 +49,8 @@ class BlockPreconditioner:
             return
         if 0 < p <= max_dense_fixed:
             X = design.W[:, :p]
-            Cxx = comm.allreduce((X.T @ X).toarray() / op.s2e,  # dense-ok: p × p
+            XRX = (X.T @ X) / op.s2e if op.Rinv is None else X.T @ (op.Rinv @ X)
+            Cxx = comm.allreduce(XRX.toarray(),  # dense-ok: p × p
                                  "preconditioner: X'X")
             try:
                 self.fixed = sla.cho_factor(Cxx, lower=True)
@@ -62,8 +65,8 @@ class BlockPreconditioner:
                 for a in range(d):
                     Za = Z[:, a * L:(a + 1) * L]
                     for c in range(a + 1):
-                        Zc = Z[:, c * L:(c + 1) * L]
-                        zz = np.asarray(Za.multiply(Zc).sum(axis=0)).ravel() / op.s2e
+                        Zc = op.rinv(Z[:, c * L:(c + 1) * L])
+                        zz = np.asarray(Za.multiply(Zc).sum(axis=0)).ravel()
                         M[:, a, c] = M[:, c, a] = zz
                 if op.owner:
                     kd = (np.ones(L) if b.Kinv is None else b.Kinv.diagonal())
