@@ -197,6 +197,9 @@ def _checkpoint(cfg, design, comm, progress, kind: str, **keys):
             fp = mck.fingerprint(cfg, design, kind, **keys)
     found = mck.share(comm, cfg.checkpoint, fp)
     writer = mck.Writer(cfg.checkpoint, fp, kind, comm.size) if comm.is_root else None
+    if writer is not None and writer.stale:
+        progress.note(f"checkpoint: removed {len(writer.stale)} temporary file(s) of a "
+                      "writer killed mid-write")
     if found is None:
         progress.note(f"checkpoint: {cfg.checkpoint} (none yet; written by rank 0)")
     return writer, found

@@ -85,6 +85,11 @@ class Writer:
     def __init__(self, path, fp: dict, kind: str, ranks: int):
         self.path, self.fp, self.kind, self.ranks = Path(path), fp, kind, ranks
         self.n_written = 0
+        # temporary files of a writer killed mid-write (never renamed: not a checkpoint)
+        self.stale = glob.glob(os.path.join(glob.escape(str(self.path.parent)),
+                                            glob.escape("." + self.path.name) + "*.tmp"))
+        for old in self.stale:
+            Path(old).unlink(missing_ok=True)
 
     def save(self, tag: str, state: dict, arrays: dict) -> None:
         """The arrays under ``tag``, then the JSON naming them, then drop older arrays."""
