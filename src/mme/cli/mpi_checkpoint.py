@@ -70,8 +70,9 @@ DEFAULT_EVERY = 600.0
 
 def fingerprint(cfg, design, kind: str, **extra) -> dict:
     """What a distributed checkpoint must match (rank 0: it reads the files)."""
-    return {**ckpt.model_keys(cfg), "n_records": int(design.n_total),
-            "dim": int(design.dim), "k": len(design.blocks) + 1, "solver": kind, **extra}
+    fp = {**ckpt.model_keys(cfg), "n_records": int(design.n_total),
+          "dim": int(design.dim), "k": len(design.blocks) + 1, "solver": kind, **extra}
+    return json.loads(json.dumps(fp))   # as read back (tuples → lists, keys → str)
 
 
 def arrays_path(path, tag: str) -> Path:
