@@ -146,6 +146,12 @@ def test_mpi_mc_reml_killed_after_round_2_resumes_as_uninterrupted(uninterrupted
     assert final["status"] == "converged"
     assert final == {**json.loads((uninterrupted / "ck.json").read_text()),
                      "rounds": final["rounds"]}       # but the seconds of the rounds
+    # the same command once more: the converged checkpoint only writes its results
+    again = mc(2, tmp_path / "again", ck)
+    assert again.returncode == 0, again.stderr
+    assert "it had converged: writing its results" in \
+        (tmp_path / "again" / "mme.log").read_text()
+    same_outputs(uninterrupted / "out", tmp_path / "again")
     # another number of ranks: the checkpoint of 2 ranks resumed on 1
     one = mc(1, tmp_path / "copy" / "out", tmp_path / "copy" / "ck.json")
     assert one.returncode == 0, one.stderr
@@ -194,6 +200,7 @@ def test_mpi_blup_killed_at_iteration_20_resumes_to_the_pcg_tolerance(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     log = (tmp_path / "out" / "mme.log").read_text()
     assert "resuming from checkpoint" in log and "at PCG iteration 20" in log
+    assert "(20 of them before the checkpoint)" in log
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == \
         sorted(p.name for p in (tmp_path / "full").iterdir())
     n_iter = json.loads((tmp_path / "ck.json").read_text())["iteration"]

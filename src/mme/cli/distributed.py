@@ -175,7 +175,9 @@ def _run(cfg, progress: Progress, comm, out: Path) -> int:
         snapshots.write(res.n_iter - offset, res.solution,
                         "converged" if res.converged else "not converged")
     progress.note(f"PCG {'converged' if res.converged else 'NOT converged'} in "
-                  f"{res.n_iter} iterations (relative residual {res.rel_residual:.3g}), "
+                  f"{res.n_iter} iterations"
+                  + (f" ({offset} of them before the checkpoint)" if offset else "")
+                  + f" (relative residual {res.rel_residual:.3g}), "
                   f"{1e3 * res.seconds_per_iteration:.2f} ms per iteration on {comm.size} "
                   f"rank{'s' if comm.size > 1 else ''}")
     if comm.is_root:
