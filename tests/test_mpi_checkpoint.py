@@ -239,6 +239,7 @@ def test_mpi_checkpoint_of_other_options_is_refused(uninterrupted, tmp_path, cha
            f"data ({keys} differ)" in line, line
 
 
+@pytest.mark.slow
 def test_single_machine_checkpoint_is_refused_by_mc_reml(tmp_path):
     proc = cli(None, "--out", str(tmp_path / "reml"), "--checkpoint", str(tmp_path / "ck.json"))
     assert proc.returncode == 0, proc.stderr
@@ -261,10 +262,14 @@ def test_mpi_corrupt_checkpoint_names_the_file(tmp_path):
     assert f"checkpoint {str(ck)!r} is not a checkpoint file" in line and "rank 0" in line
 
 
-def test_corrupt_checkpoint_arrays_name_the_file(uninterrupted, tmp_path):
-    shutil.copy(uninterrupted / "ck.json", tmp_path / "ck.json")
+@pytest.mark.slow
+def test_corrupt_checkpoint_arrays_name_the_file(tmp_path):
+    """One process (MC-REML without mpiexec takes the same path, serial communicator)."""
+    proc = mc(None, tmp_path / "first", tmp_path / "first.json")
+    assert proc.returncode == 0, proc.stderr
+    shutil.copy(tmp_path / "first.json", tmp_path / "ck.json")
     name = json.loads((tmp_path / "ck.json").read_text())["arrays"]["file"]
-    data = (uninterrupted / name).read_bytes()
+    data = (tmp_path / name).read_bytes()
     (tmp_path / name).write_bytes(data[:len(data) // 3])
     proc = mc(None, tmp_path / "out", tmp_path / "ck.json")
     assert proc.returncode == 1
@@ -276,14 +281,15 @@ def test_corrupt_checkpoint_arrays_name_the_file(uninterrupted, tmp_path):
     assert f"its arrays file {str(tmp_path / name)!r} is missing" in error_line(proc)
 
 
-def test_checkpoint_every_option(tmp_path):
-    from mme.cli.main import _config, build_parser
+def test_checkpoint_every_option(tmp_path, capsys):
+    from mme.cli.main import _config, build_parser, main
     args = build_parser().parse_args(["fit", "y ~ 1", "--data", "d.csv",
                                       "--checkpoint-every", "30"])
     assert _config(args).checkpoint_every == 30.0
-    proc = cli(None, "--checkpoint-every", "-1", "--out", str(tmp_path))
-    assert proc.returncode == 1
-    assert "checkpoint_every must be >= 0 seconds, got -1" in error_line(proc)
+    assert main(["fit", "y ~ 1", "--data", "d.csv", "--checkpoint-every", "-1",
+                 "--out", str(tmp_path)]) == 1
+    assert "mme: error: checkpoint_every must be >= 0 seconds, got -1" in \
+        capsys.readouterr().err
     toml = tmp_path / "m.toml"
     toml.write_text(f'[data]\nfiles = ["{RECORDS}"]\n[model]\nformula = "weight ~ sex"\n'
                     '[options]\ncheckpoint_every = 120\n')
