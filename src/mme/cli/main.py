@@ -40,7 +40,9 @@ def _common(p, toml: bool = False):
                                                     else " (default: mme_out)"))
     g.add_argument("--checkpoint", metavar="FILE",
                    help="write θ and the iteration log after each REML round (JSON, atomic); "
-                        "resume from it when it exists and matches the model and data")
+                        "resume from it when it exists and matches the model and data "
+                        "(under MPI and with MC-REML also the PCG state, in FILE.*.npz: "
+                        "docs/cluster.md)")
     g.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
                    help="distributed BLUP (PCG under MPI): seconds between two checkpoints "
                         "of the iterate (default 600; 0: every iteration)")
