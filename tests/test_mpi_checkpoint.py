@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,53 @@ def test_mpi_mc_reml_killed_after_round_2_resumes_as_uninterrupted(uninterrupted
     b = pd.read_csv(tmp_path / "copy" / "out" / "variance_components.csv")
     print("1 rank resumed vs 2 uninterrupted", (b["estimate"] / a["estimate"] - 1).abs().max())
     np.testing.assert_allclose(b["estimate"], a["estimate"], rtol=RTOL_RESUME_OTHER_RANKS)
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_mpi_job_terminated_mid_round_resumes_as_uninterrupted(tmp_path):
+    """The scheduler's way: SIGTERM to every process of the job (mpiexec and the ranks)
+    while a round runs, at whatever point the round is; rerun, the same results."""
+    import os
+    import signal
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from simulate_animal import simulate_animal
+    ped, phen, _ = simulate_animal(4000, seed=3)
+    ped.to_csv(tmp_path / "ped.csv", index=False)
+    phen.to_csv(tmp_path / "data.csv", index=False)
+
+    def cmd(out, ck=None):
+        c = [_mpiexec(), "-n", "2", sys.executable, "-m", "mme", "fit",
+             "y ~ sex + (1|herd) + (1|id)", "--data", str(tmp_path / "data.csv"),
+             "--pedigree", str(tmp_path / "ped.csv"), "--relmat", "id", "--quiet",
+             "--method", "MC-REML", "--samples", "6", "--max-iter", "4", "--out", str(out)]
+        return c + (["--checkpoint", str(ck)] if ck else [])
+    env = _subprocess_env()
+    env.pop("MME_TEST_KILL", None)
+    full = subprocess.run(cmd(tmp_path / "full"), capture_output=True, text=True, env=env,
+                          timeout=JOB_TIMEOUT)
+    assert full.returncode in (0, 2), full.stderr
+    ck = tmp_path / "ck.json"
+    job = subprocess.Popen(cmd(tmp_path / "out", ck), env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while not ck.exists() and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(job.pid, signal.SIGTERM)        # round 2 is running
+        job.wait(timeout=60)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode != 0
+    at = json.loads(ck.read_text())["n_iter"]
+    print("terminated after round", at, "of 4; uninterrupted exit", full.returncode)
+    assert at < 4
+    resumed = subprocess.run(cmd(tmp_path / "out", ck), capture_output=True, text=True,
+                             env=env, timeout=JOB_TIMEOUT)
+    assert resumed.returncode == full.returncode, resumed.stderr
+    assert f"after MC-REML round {at} " in (tmp_path / "out" / "mme.log").read_text()
+    same_outputs(tmp_path / "full", tmp_path / "out")
 
 
 @needs_mpi
