@@ -122,6 +122,15 @@ def test_mc_reml_refuses_a_state_of_other_options():
     mc_reml_design(design, comm, n_samples=10, max_iter=1, on_round=states.append)
     with pytest.raises(MMEError, match="10 samples cannot follow from n_samples=4"):
         mc_reml_design(design, comm, n_samples=4, resume=states[0])
+    big = copy.deepcopy(states[0])
+    big.n_samples, big.X = 80, np.zeros((design.dim, 81))     # 10 → 20 → 40 stops at 40
+    with pytest.raises(MMEError, match="80 samples cannot follow from n_samples=10"):
+        mc_reml_design(design, comm, n_samples=10, max_samples=40, resume=big)
+    bad = copy.deepcopy(states[0])
+    bad.X = bad.X[:-1]
+    with pytest.raises(MMEError, match=r"resume: X has shape \(478, 11\), this model needs "
+                                       r"\(479, 11\)"):
+        mc_reml_design(design, comm, n_samples=10, resume=bad)
 
 
 # -- mpiexec -n 2: killed and resumed ---------------------------------------------------

@@ -211,8 +211,9 @@ def _check_resume(state: MCREMLState, design: LocalDesign, n_samples: int,
     """Refuse a state that cannot come from this model and these options."""
     ns = int(state.n_samples)
     doublings = ns // n_samples if ns % n_samples == 0 else 0
-    if not (ns <= max(max_samples, n_samples) and doublings >= 1
-            and doublings & (doublings - 1) == 0):
+    # doubling happens while the samples are fewer than max_samples
+    if not (doublings >= 1 and doublings & (doublings - 1) == 0
+            and (ns == n_samples or ns // 2 < max_samples)):
         raise OptionError(f"resume: {ns} samples cannot follow from n_samples={n_samples} "
                           f"(doubled up to max_samples={max_samples})")
     want = {"theta": (m,), "X": (design.dim, 1 + ns), "S": (design.dim, m),
