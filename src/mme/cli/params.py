@@ -80,8 +80,8 @@ SCHEMA = {
               "variances"},
     "pedigree": {"file", "sep", "missing", "columns"},
     "genomic": {"file", "sep", "term", "model", "blend", "tune", "tau", "omega"},
-    "options": {"max_iter", "ordering", "checkpoint", "checkpoint_every", "memory_limit", "solver", "threads",
-                "samples", "seed"},
+    "options": {"max_iter", "ordering", "checkpoint", "checkpoint_every", "memory_limit",
+                "solver", "threads", "samples", "seed"},
     "output": {"folder"},
 }
 REQUIRED = (("data", "files"), ("model", "formula"))
