@@ -49,8 +49,8 @@ def file_digest(path) -> dict:
     return {"file": path.name, "bytes": path.stat().st_size, "sha256": h.hexdigest()}
 
 
-def fingerprint(config, system) -> dict:
-    """What a checkpoint must match: the model's options, its files' digests, its sizes."""
+def model_keys(config) -> dict:
+    """The model's options and its files' digests (a fingerprint without the sizes)."""
     return {
         "formula": config.formula, "method": config.method.upper(),
         "residual": config.residual, "weights": config.weights,
@@ -58,8 +58,13 @@ def fingerprint(config, system) -> dict:
         "data": [file_digest(p) for p in config.data],
         "pedigree": file_digest(config.pedigree) if config.pedigree else None,
         "genomic": _genomic(getattr(config, "genomic", None)),
-        "n_records": int(system.design.n), "dim": int(system.dim), "k": int(system.k),
     }
+
+
+def fingerprint(config, system) -> dict:
+    """What a checkpoint must match: the model's options, its files' digests, its sizes."""
+    return {**model_keys(config),
+            "n_records": int(system.design.n), "dim": int(system.dim), "k": int(system.k)}
 
 
 def _genomic(g) -> dict | None:
@@ -91,12 +96,35 @@ def save(path, fp: dict, theta, rounds: list, status: str = "running", ai=None,
                                             for row in np.atleast_2d(ai)],
              "ai_theta": None if ai_theta is None else [float(t) for t in ai_theta],
              "status": status}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(state, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_json(path, state)
+
+
+def write_json(path, state: dict) -> None:
+    """``state`` as JSON at ``path``, atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda fh: fh.write(json.dumps(state, indent=1).encode("utf-8")))
+
+
+def atomic_write(path, write) -> None:
+    """Write ``path`` atomically: ``write(fh)`` fills a temporary file (binary) in the same
+    folder, which is flushed, fsync'ed and renamed over ``path`` (``os.replace``), so a
+    job killed at any moment leaves the old file or the new one, never a torn one."""
+    path = Path(path)
+    tmp = temporary(path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def temporary(path) -> Path:
+    """The temporary file :func:`atomic_write` fills before renaming it to ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def load(path) -> dict | None:

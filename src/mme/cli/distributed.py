@@ -14,7 +14,10 @@ pedigree, builds its rows of W, and
 
 Rank 0 alone writes the results (the files of a single-machine PCG run, plus
 ``variance_components.csv`` and ``iteration_log.csv`` for MC-REML) and ``mme.log``;
-the log says how many ranks ran and how the rows were split. An error on any rank
+the log says how many ranks ran and how the rows were split. With ``--checkpoint
+FILE`` rank 0 writes the MC-REML state after every round, or the PCG iterate every
+``--checkpoint-every`` seconds, and a rerun resumes from it
+(:mod:`mme.cli.mpi_checkpoint`). An error on any rank
 is one line ``mme: error: ...`` from rank 0 naming the rank(s) and reason; a rank
 that stops answering ends the job after ``MME_MPI_TIMEOUT`` seconds (default 600).
 """
@@ -31,6 +34,7 @@ import mme
 from .. import distributed as dist
 from ..distributed.partition import RowPartition, file_rows, pieces
 from ..model.formula import parse_formula
+from . import mpi_checkpoint as mck
 from . import outputs
 from .errors import EXIT_NOT_CONVERGED, EXIT_OK, InputError
 from .io import read_table, resolve_sep
@@ -74,8 +78,6 @@ def _check(cfg, mf) -> None:
     if cfg.variances is not None and cfg.method == MC_REML:
         raise InputError(f"--method {MC_REML} estimates the variances: drop --variances "
                          "(or drop the method for BLUP at known variances)")
-    if cfg.checkpoint:
-        raise InputError("--checkpoint is not supported by the distributed solver yet")
 
 
 def _read_rows(cfg, comm, factors: list) -> tuple[pd.DataFrame, RowPartition]:
@@ -135,7 +137,8 @@ def _run(cfg, progress: Progress, comm, out: Path) -> int:
     comm.check_same("the run's parameters", formula=cfg.formula, data=list(map(str, cfg.data)),
                     variances=cfg.variances, method=cfg.method, relmat=list(cfg.relmat),
                     residual=cfg.residual, weights=cfg.weights,
-                    samples=cfg.mc_samples, seed=cfg.mc_seed, max_iter=cfg.max_iter)
+                    samples=cfg.mc_samples, seed=cfg.mc_seed, max_iter=cfg.max_iter,
+                    checkpoint=str(cfg.checkpoint), checkpoint_every=cfg.checkpoint_every)
     with comm.step("checking the options"):
         _check(cfg, mf)
     groups = [f for t in mf.random for f in t.factors]
@@ -168,12 +171,29 @@ def _run(cfg, progress: Progress, comm, out: Path) -> int:
                   + f" ({time.perf_counter() - t:.2f} s)")
     if cfg.method == MC_REML:
         return _mc_reml(cfg, design, comm, progress, out, t0)
+    writer, found = _checkpoint(cfg, design, comm, progress, mck.PCG,
+                                variances=cfg.variances, tol=PCG_TOL)
+    x0, offset = None, 0
+    if found is not None:
+        x0, offset = found[1]["x"], int(found[0]["iteration"])
+        progress.note(f"resuming from checkpoint {cfg.checkpoint} at PCG iteration {offset} "
+                      f"(written by {_ranks(found[0])}): PCG restarts from "
+                      "its solution with a fresh residual")
+    snapshots = mck.PCGSnapshots(writer, cfg.checkpoint_every, offset)
     progress.note("solving the MME at the given variances by distributed PCG "
                   "(one Allreduce per iteration)")
     res = dist.solve_distributed(design, cfg.variances, comm, tol=PCG_TOL,
-                                 max_iter=max(cfg.max_iter, 5000))
+                                 max_iter=max(cfg.max_iter, 5000), x0=x0,
+                                 snapshot=snapshots if writer is not None else None)
+    if offset:
+        res.n_iter += offset
+    with comm.step("writing the checkpoint"):
+        snapshots.write(res.n_iter - offset, res.solution,
+                        "converged" if res.converged else "not converged")
     progress.note(f"PCG {'converged' if res.converged else 'NOT converged'} in "
-                  f"{res.n_iter} iterations (relative residual {res.rel_residual:.3g}), "
+                  f"{res.n_iter} iterations"
+                  + (f" ({offset} of them before the checkpoint)" if offset else "")
+                  + f" (relative residual {res.rel_residual:.3g}), "
                   f"{1e3 * res.seconds_per_iteration:.2f} ms per iteration on {comm.size} "
                   f"rank{'s' if comm.size > 1 else ''}")
     if comm.is_root:
@@ -182,6 +202,30 @@ def _run(cfg, progress: Progress, comm, out: Path) -> int:
         progress.note(f"wrote {', '.join(p.name for p in paths)} and {outputs.LOG} to {out} "
                       f"({time.perf_counter() - t0:.1f} s)")
     return EXIT_OK if res.converged else EXIT_NOT_CONVERGED
+
+
+def _checkpoint(cfg, design, comm, progress, kind: str, **keys):
+    """The checkpoint writer (rank 0; None elsewhere or without ``--checkpoint``) and the
+    checkpoint found (state, arrays), the same on every rank, or None."""
+    if not cfg.checkpoint:
+        return None, None
+    fp = None
+    with comm.step("fingerprinting the model and data for the checkpoint"):
+        if comm.is_root:
+            fp = mck.fingerprint(cfg, design, kind, **keys)
+    found = mck.share(comm, cfg.checkpoint, fp)
+    writer = mck.Writer(cfg.checkpoint, fp, kind, comm.size) if comm.is_root else None
+    if writer is not None and writer.stale:
+        progress.note(f"checkpoint: removed {len(writer.stale)} temporary file(s) of a "
+                      "writer killed mid-write")
+    if found is None:
+        progress.note(f"checkpoint: {cfg.checkpoint} (none yet; written by rank 0)")
+    return writer, found
+
+
+def _ranks(state: dict) -> str:
+    n = state.get("ranks", "?")
+    return f"{n} rank{'' if n == 1 else 's'}"
 
 
 def _append_ranks(summary: Path, design, comm) -> None:
@@ -199,8 +243,24 @@ def _mc_reml(cfg, design, comm, progress, out, t0) -> int:
                       f"({', '.join(f'{v:.3g}' for v in rec['mc_se'])}), PCG "
                       f"{rec['pcg_iterations']}+{rec['pcg_iterations_ai']} iterations, "
                       f"{rec['seconds']:.2f} s")
+    writer, found = _checkpoint(cfg, design, comm, progress, mck.MCREML,
+                                samples=cfg.mc_samples, seed=cfg.mc_seed)
+    resume = None
+    if found is not None:
+        resume = mck.mcreml_state(*found)
+        progress.note(f"resuming from checkpoint {cfg.checkpoint} after MC-REML round "
+                      f"{resume.n_iter} ({resume.n_samples} samples, written by "
+                      f"{_ranks(found[0])}"
+                      + ("; it had converged: writing its results" if resume.converged
+                         else "") + ")")
+
+    def on_round(state):
+        with comm.step("writing the checkpoint"):
+            if writer is not None:
+                mck.save_mcreml(writer, state)
     res = dist.mc_reml_design(design, comm, n_samples=cfg.mc_samples, seed=cfg.mc_seed,
-                              max_iter=cfg.max_iter, callback=callback)
+                              max_iter=cfg.max_iter, callback=callback,
+                              on_round=on_round if cfg.checkpoint else None, resume=resume)
     progress.note(f"MC-REML {'converged' if res.converged else 'NOT converged'} after "
                   f"{res.n_iter} rounds ({res.seconds:.1f} s, {res.pcg_iterations} PCG "
                   "iterations)")

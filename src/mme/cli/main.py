@@ -40,7 +40,12 @@ def _common(p, toml: bool = False):
                                                     else " (default: mme_out)"))
     g.add_argument("--checkpoint", metavar="FILE",
                    help="write θ and the iteration log after each REML round (JSON, atomic); "
-                        "resume from it when it exists and matches the model and data")
+                        "resume from it when it exists and matches the model and data "
+                        "(under MPI and with MC-REML also the PCG state, in FILE.*.npz: "
+                        "docs/cluster.md)")
+    g.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
+                   help="distributed BLUP (PCG under MPI): seconds between two checkpoints "
+                        "of the iterate (default 600; 0: every iteration)")
     g.add_argument("--memory-limit", metavar="SIZE",
                    help="memory the fit may use, e.g. 8G or 512M ('off': no forecast; "
                         "default: what the machine or its cgroup has available, or the "
@@ -193,6 +198,10 @@ def _config(args):
         cfg.out = args.out
     if args.checkpoint:
         cfg.checkpoint = args.checkpoint
+    if args.checkpoint_every is not None:
+        cfg.checkpoint_every = args.checkpoint_every
+    if cfg.checkpoint_every < 0:
+        raise InputError(f"checkpoint_every must be >= 0 seconds, got {cfg.checkpoint_every:g}")
     if args.max_iter is not None:
         cfg.max_iter = args.max_iter
     if args.samples is not None:

@@ -52,6 +52,7 @@ Keys (only ``data.files`` and ``model.formula`` are required)::
     max_iter = 200               # most AI-REML rounds
     ordering = "auto"            # CHOLMOD ordering: auto | amd | metis | nesdis | default
     checkpoint = "fit.ckpt.json" # write theta after each round; resume when it exists
+    checkpoint_every = 600       # distributed BLUP (PCG): seconds between checkpoints
     memory_limit = "8G"          # memory the fit may use (default: what the machine or
                                  # its cgroup has available); "off" skips the forecast
     solver = "direct"            # direct (CHOLMOD) | pcg: BLUP by conjugate gradients at
@@ -79,8 +80,8 @@ SCHEMA = {
               "variances"},
     "pedigree": {"file", "sep", "missing", "columns"},
     "genomic": {"file", "sep", "term", "model", "blend", "tune", "tau", "omega"},
-    "options": {"max_iter", "ordering", "checkpoint", "memory_limit", "solver", "threads",
-                "samples", "seed"},
+    "options": {"max_iter", "ordering", "checkpoint", "checkpoint_every", "memory_limit",
+                "solver", "threads", "samples", "seed"},
     "output": {"folder"},
 }
 REQUIRED = (("data", "files"), ("model", "formula"))
@@ -111,6 +112,7 @@ class RunConfig:
     max_iter: int = 200
     ordering: str = "auto"
     checkpoint: str | None = None
+    checkpoint_every: float = 600.0
     memory_limit: str | None = None
     solver: str = "direct"
     threads: int | None = None
@@ -218,6 +220,9 @@ def load_params(path) -> RunConfig:
     cfg.ordering = _type(where, opt.get("ordering", "auto"), str, "[options] ordering")
     if "checkpoint" in opt:
         cfg.checkpoint = rel(_type(where, opt["checkpoint"], str, "[options] checkpoint"))
+    if "checkpoint_every" in opt:
+        cfg.checkpoint_every = float(_type(where, opt["checkpoint_every"], (int, float),
+                                           "[options] checkpoint_every"))
     if "memory_limit" in opt:
         cfg.memory_limit = str(_type(where, opt["memory_limit"], (str, int),
                                      "[options] memory_limit"))

@@ -29,9 +29,10 @@ from .._errors import DistributedError
 from .blup import DistributedResult, blup_distributed, solve_distributed
 from .comm import Communicator, SerialComm, world
 from .design import LocalDesign, build_local_design
-from .mcreml import MCREMLResult, mc_reml, mc_reml_design
+from .mcreml import MCREMLResult, MCREMLState, mc_reml, mc_reml_design
 from .partition import RowPartition, read_slice
 
 __all__ = ["blup_distributed", "solve_distributed", "DistributedResult", "Communicator",
            "SerialComm", "world", "LocalDesign", "build_local_design", "RowPartition",
-           "read_slice", "DistributedError", "mc_reml", "mc_reml_design", "MCREMLResult"]
+           "read_slice", "DistributedError", "mc_reml", "mc_reml_design", "MCREMLResult",
+           "MCREMLState"]

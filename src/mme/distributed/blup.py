@@ -78,7 +78,8 @@ def blup_distributed(formula: str, data: pd.DataFrame, variances: dict,
 
 def solve_distributed(design: LocalDesign, variances: dict, comm: Communicator,
                       tol: float = 1e-8, max_iter: int = 5000, preconditioner: str = "block",
-                      warn: bool = True, ginv: str = "auto") -> DistributedResult:
+                      warn: bool = True, ginv: str = "auto", x0: np.ndarray | None = None,
+                      snapshot=None) -> DistributedResult:
     """Solve the MME of a distributed design at known variances by PCG.
 
     Parameters
@@ -96,6 +97,10 @@ def solve_distributed(design: LocalDesign, variances: dict, comm: Communicator,
     ginv : "auto", "split" or "root"
         Who multiplies by G⁻¹: every rank its share of the rows ("split", when every
         rank holds K⁻¹; "auto" chooses it then) or rank 0 alone ("root").
+    x0 : array, optional
+        Starting solution (a checkpoint's iterate; the same on every rank).
+    snapshot : callable, optional
+        ``snapshot(iteration, X)`` after every PCG iteration (see ``block_pcg``).
     """
     comm.check_same("the solver's parameters", variances=variances, tol=float(tol),
                     max_iter=int(max_iter), preconditioner=preconditioner, ginv=ginv)
@@ -108,7 +113,7 @@ def solve_distributed(design: LocalDesign, variances: dict, comm: Communicator,
     rhs = op.rhs(design.y, "W'y")
     t1 = time.perf_counter()
     l0, r0 = op.seconds_local, op.seconds_reduce
-    r = block_pcg(op.matvec, rhs, M, tol=tol, max_iter=max_iter)
+    r = block_pcg(op.matvec, rhs, M, tol=tol, max_iter=max_iter, X0=x0, snapshot=snapshot)
     t2 = time.perf_counter()
     local, reduce = op.seconds_local - l0, op.seconds_reduce - r0
     x = r.X[:, 0]

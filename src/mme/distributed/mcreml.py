@@ -67,7 +67,7 @@ from .operator import DistributedOperator
 from .pcg import block_pcg
 from .preconditioner import BlockPreconditioner
 
-__all__ = ["MCREMLResult", "mc_reml", "mc_reml_design"]
+__all__ = ["MCREMLResult", "MCREMLState", "mc_reml", "mc_reml_design"]
 
 #: rows per block of the residual draws (a block's draws are the same whoever holds it)
 DRAW_BLOCK = 4096
@@ -106,6 +106,34 @@ class MCREMLResult:
                              "mc_se": [self.mc_se[g] for g in self.variances]})
 
 
+@dataclass
+class MCREMLState:
+    """Where Monte-Carlo REML stands after a round: what a resumed run needs to take
+    exactly the steps the uninterrupted run takes (``on_round`` / ``resume``).
+
+    ``theta`` the next round's variances; ``n_iter`` rounds done; ``n_samples`` samples
+    drawn so far (the draws are remade from the seed: ``n_samples`` is the first
+    ``n_samples`` doubled some times); ``X`` and ``S`` the last round's PCG solutions
+    (data and samples, dim × (1 + n_samples); working variates, dim × parameters),
+    which start the next round's PCG — without them a resumed round's solutions would
+    differ from the uninterrupted run's by the PCG tolerance, not round-off; ``ai``
+    and ``mc_cov`` the last round's average information and Monte-Carlo covariance
+    (the reported SEs); ``history`` the round records; ``converged`` the stopping
+    rule's verdict; ``pcg_iterations`` the total so far.
+    """
+
+    theta: np.ndarray
+    n_iter: int
+    n_samples: int
+    history: list
+    converged: bool
+    pcg_iterations: int
+    ai: np.ndarray
+    mc_cov: np.ndarray
+    X: np.ndarray = field(repr=False)
+    S: np.ndarray = field(repr=False)
+
+
 def mc_reml(formula: str, data: pd.DataFrame, relmat: dict | None = None,
             start: dict | None = None, comm: Communicator | None = None,
             residual: str | None = None, weights: str | None = None,
@@ -115,8 +143,9 @@ def mc_reml(formula: str, data: pd.DataFrame, relmat: dict | None = None,
     ``start``: starting variances ({term: σ², "Residual": σ²ₑ}; default: half the
     variance of y for the residual, the rest shared by the terms). Keywords go to
     :func:`mc_reml_design` (``n_samples``, ``seed``, ``max_iter``, ``step_tol``,
-    ``tol``, ``max_mc_se_ratio``, ``max_samples``, ``callback``). ``residual`` and
-    ``weights`` other than the default R = σ²ₑI are refused (OptionError).
+    ``tol``, ``max_mc_se_ratio``, ``max_samples``, ``callback``, ``on_round``,
+    ``resume``). ``residual`` and ``weights`` other than the default R = σ²ₑI are
+    refused (OptionError).
     """
     comm = world() if comm is None else comm
     design = build_local_design(formula, data, comm, relmat,
@@ -182,6 +211,24 @@ class _Draws:
         return Y
 
 
+def _check_resume(state: MCREMLState, design: LocalDesign, n_samples: int,
+                  max_samples: int, m: int) -> None:
+    """Refuse a state that cannot come from this model and these options."""
+    ns = int(state.n_samples)
+    doublings = ns // n_samples if ns % n_samples == 0 else 0
+    # doubling happens while the samples are fewer than max_samples
+    if not (doublings >= 1 and doublings & (doublings - 1) == 0
+            and (ns == n_samples or ns // 2 < max_samples)):
+        raise OptionError(f"resume: {ns} samples cannot follow from n_samples={n_samples} "
+                          f"(doubled up to max_samples={max_samples})")
+    want = {"theta": (m,), "X": (design.dim, 1 + ns), "S": (design.dim, m),
+            "ai": (m, m), "mc_cov": (m, m)}
+    for name, shape in want.items():
+        got = np.shape(getattr(state, name))
+        if got != shape:
+            raise OptionError(f"resume: {name} has shape {got}, this model needs {shape}")
+
+
 def _sample_k(Kinv, ns: int, rng) -> np.ndarray:
     """ns draws from N(0, K) given the sparse K⁻¹ (CHOLMOD: K⁻¹ = P'LL'P, u = P'L'⁻¹z)."""
     z = rng.standard_normal((Kinv.shape[0], ns))
@@ -201,8 +248,8 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
                    n_samples: int = 50, seed: int = 1, max_iter: int = 50,
                    step_tol: float = 0.05, tol: float = 1e-8,
                    max_mc_se_ratio: float | None = None, max_samples: int = 800,
-                   preconditioner: str = "block", callback=None, ginv: str = "auto"
-                   ) -> MCREMLResult:
+                   preconditioner: str = "block", callback=None, ginv: str = "auto",
+                   on_round=None, resume: MCREMLState | None = None) -> MCREMLResult:
     """Monte-Carlo AI-REML on a distributed design (see the module docstring).
 
     Parameters
@@ -218,6 +265,13 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
         PCG relative residual.
     max_mc_se_ratio : float, optional
         Double the samples until every MC SE ≤ this × the sampling SE.
+    on_round : callable, optional
+        ``on_round(state)`` with an :class:`MCREMLState` after every round, on every
+        rank (a checkpoint writer; the state's arrays are the run's own: copy to keep).
+    resume : MCREMLState, optional
+        Continue from a state ``on_round`` gave (the same on every rank): the rounds
+        taken from there are those of the uninterrupted run (the same draws and PCG
+        starts), to round-off. A converged state only returns its result.
     """
     comm.check_same("Monte-Carlo REML's parameters", n_samples=int(n_samples), seed=int(seed),
                     max_iter=int(max_iter), step_tol=float(step_tol), tol=float(tol),
@@ -240,18 +294,30 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
             raise OptionError(f"Monte-Carlo REML covers scalar variance components; "
                               f"{wide} have several columns (random slopes): use mme.fit")
         theta = _start(design, comm, start)
+        if resume is not None:
+            _check_resume(resume, design, n_samples, max_samples, len(theta))
     groups = [b.group for b in design.blocks] + ["Residual"]
     m = len(theta)
+    ns = n_samples if resume is None else int(resume.n_samples)
     with comm.step("drawing the Monte-Carlo samples"):
         draws = _Draws(design, comm, seed, n_samples)
-    ns = n_samples
+        drawn = n_samples
+        while drawn < ns:           # a resumed run: the doublings before the checkpoint
+            draws.extend(_Draws(design, comm, seed, drawn, first=drawn))
+            drawn *= 2
     X_prev = S_prev = None       # last round's solutions: the next round's start
     history, converged = [], False
     ai = mc_cov = None
     pcg_total = 0
     it = 0
+    if resume is not None:
+        theta = np.array(resume.theta, dtype=float)
+        X_prev, S_prev = np.array(resume.X, dtype=float), np.array(resume.S, dtype=float)
+        history, converged = list(resume.history), bool(resume.converged)
+        ai, mc_cov = np.array(resume.ai, dtype=float), np.array(resume.mc_cov, dtype=float)
+        pcg_total, it = int(resume.pcg_iterations), int(resume.n_iter)
     step = np.full(m, np.inf)
-    while it < max_iter:
+    while it < max_iter and not converged:
         it += 1
         t0 = time.perf_counter()
         G0s = [np.array([[t]]) for t in theta[:-1]]
@@ -316,9 +382,12 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
                     draws.extend(_Draws(design, comm, seed, ns, first=ns))
                 ns *= 2
                 X_prev = np.hstack([X_prev, np.tile(X_prev[:, :1], (1, ns // 2))])
-                continue
-            converged = True
-            break
+            else:
+                converged = True
+        if on_round is not None:
+            on_round(MCREMLState(theta=theta, n_iter=it, n_samples=ns, history=history,
+                                 converged=converged, pcg_iterations=pcg_total, ai=ai,
+                                 mc_cov=mc_cov, X=X_prev, S=S_prev))
     se = np.sqrt(np.maximum(np.diag(np.linalg.inv(ai)), 0.0))
     fixed, rand, _ = _tables(design, X_prev[:, 0])
     return MCREMLResult(

@@ -44,12 +44,16 @@ def _cdot(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def block_pcg(matvec, B: np.ndarray, precond, tol: float = 1e-8, max_iter: int = 5000,
-              X0: np.ndarray | None = None, callback=None) -> BlockPCGResult:
+              X0: np.ndarray | None = None, callback=None, snapshot=None
+              ) -> BlockPCGResult:
     """Solve C X = B (B: dim × k) by k lockstep PCG recurrences.
 
     ``matvec(V)`` returns C V for V of shape dim × m (one collective); ``precond(R)``
     returns M⁻¹R. ``callback(iteration, rel)`` is called after each iteration with the
-    recursive relative residuals of all columns.
+    recursive relative residuals of all columns. ``snapshot(iteration, X)`` is called
+    after each iteration with the current iterates (a checkpoint writer: ``X`` is the
+    solver's own array, to be copied or written, not kept); a run restarted with
+    ``X0=X`` continues from there with a fresh residual.
     """
     t0 = time.perf_counter()
     B = np.asarray(B, dtype=float)
@@ -141,6 +145,8 @@ def block_pcg(matvec, B: np.ndarray, precond, tol: float = 1e-8, max_iter: int =
                 P[:, go] = Zg + P[:, go] * beta
         if callback is not None:
             callback(it, rel.copy())
+        if snapshot is not None:
+            snapshot(it, X)
     if verify.any():                # max_iter reached with columns waiting for their check
         v = np.flatnonzero(verify)
         Rv = B[:, v] - matvec(X[:, v])
