@@ -136,6 +136,13 @@ def test_parquet(tmp_path, api_fit, capsys):
     args[3] = str(path)
     assert main(args) == 0
     _assert_same_tables(tmp_path, api_fit[0])
+    # the pedigree as Parquet too (its ids read as text, as from CSV)
+    ped_path = tmp_path / "ped.parquet"
+    pd.read_csv(PEDIGREE, dtype=str).to_parquet(ped_path, index=False)
+    args = _fit_args(tmp_path / "p")
+    args[3], args[5] = str(path), str(ped_path)
+    assert main(args) == 0
+    _assert_same_tables(tmp_path / "p", api_fit[0])
 
 
 def test_known_variances_and_pcg(tmp_path):

@@ -198,7 +198,7 @@ def read_pedigree_frame(path, sep: str = "auto", columns=("id", "sire", "dam"),
     s = resolve_sep(path, sep)
     id_, sire, dam = columns
     if s == "parquet":
-        df = _read_parquet(path) if rows is None else _read_parquet_rows(path, *rows).astype(str)
+        df = _read_parquet(path).astype(str)
     else:
         if header == "auto":
             first = [t.strip().strip('"') for t in re.split(s, _first_line(path).strip())]
