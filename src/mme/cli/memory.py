@@ -27,13 +27,11 @@ Reference: Chen, Y., Davis, T. A., Hager, W. W. & Rajamanickam, S. (2008) Algori
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
 from .errors import InputError
 

@@ -13,12 +13,12 @@ single-machine solver: the same code with the serial communicator.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from .._errors import ConvergenceWarning, DistributedError
+from .._errors import ConvergenceWarning
 from ..engine.pcg import PCGResult, _tables
 from ..model.covariance import parse_variances
 from .comm import Communicator, world

@@ -21,7 +21,6 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 import mme
