@@ -12,8 +12,10 @@
 # relaxed amalgamation) is an index into ``L->x``; at 1M animals it is already
 # about 1.2e9, and the int32 API stops at 2^31 - 1 (CHOLMOD_TOO_LARGE). The cost is
 # an int64 copy of C's pattern (once per analysis) and int64 row indices of L
-# (``L->s``, small next to ``L->x``). Only functions and fields present in
-# SuiteSparse 5.x and 7.x are used.
+# (``L->s``, small next to ``L->x``). One exception: the AMD ordering itself runs
+# through the int32 ``cholmod_amd`` when the pattern fits (its int64 version is
+# 25-40 % slower); the analysis of that permutation is int64 again. Only functions
+# and fields present in SuiteSparse 5.x and 7.x are used.
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 from libc.math cimport log, isfinite
