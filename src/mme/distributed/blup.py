@@ -61,9 +61,10 @@ def blup_distributed(formula: str, data: pd.DataFrame, variances: dict,
     formula, a column of prior weights; not ``ar1(col):ar1(row)``); a multi-trait
     model takes wide data, one row per animal or record with its traits, and
     ``variances={"id": G0, "Residual": R0}`` with t × t matrices. Keywords go to
-    :func:`solve_distributed`; with ``ginv="root"`` only rank 0 builds A⁻¹ (less
-    memory on the others, rank 0 does the G⁻¹ products alone), by default every rank
-    builds it and keeps its share.
+    :func:`solve_distributed`; with ``ginv="root"`` only rank 0 builds G⁻¹, all of it
+    (rank 0 does the G⁻¹ products alone), by default every rank builds only its share
+    of G⁻¹'s rows (a pedigree's A⁻¹ by rows, ``Pedigree.ainverse_rows``: no rank holds
+    it whole).
     """
     comm = world() if comm is None else comm
     t0 = time.perf_counter()

@@ -180,10 +180,11 @@ class _Draws:
                  first: int = 0):
         self.ZU = []            # per term: this rank's rows of Zₖ Kₖ^{1/2} zₖ (n_r × ns)
         owner = comm.rank == 0
+        sources = design.kinv_sources()
         for k, b in enumerate(design.blocks):
             U = None
             if owner:
-                U = _sample_k(b.Kinv, ns, np.random.default_rng([seed, 2, k, first]))
+                U = _sample_k(sources[k], ns, np.random.default_rng([seed, 2, k, first]))
             U = comm.bcast_array(U, (b.n_levels, ns), f"draws of {b.group!r}")
             self.ZU.append(np.asarray(b.Z @ U))
         # residual: one stream per block of DRAW_BLOCK rows (independent of the split)
@@ -229,9 +230,14 @@ def _check_resume(state: MCREMLState, design: LocalDesign, n_samples: int,
             raise OptionError(f"resume: {name} has shape {got}, this model needs {shape}")
 
 
-def _sample_k(Kinv, ns: int, rng) -> np.ndarray:
-    """ns draws from N(0, K) given the sparse K⁻¹ (CHOLMOD: K⁻¹ = P'LL'P, u = P'L'⁻¹z)."""
-    z = rng.standard_normal((Kinv.shape[0], ns))
+def _sample_k(source, ns: int, rng) -> np.ndarray:
+    """ns draws from N(0, K) given the source of K⁻¹ (:mod:`mme.distributed.kinv`):
+    CHOLMOD's factor of the whole K⁻¹ = P'LL'P, u = P'L'⁻¹z (rank 0 only; a
+    pedigree's A⁻¹ is built whole for it and dropped after the draws)."""
+    z = rng.standard_normal((source.n, ns))
+    if source.is_identity:
+        return z
+    Kinv = source.matrix()
     if _is_identity(Kinv):
         return z
     from ..engine.cholesky import draw_with_precision
@@ -328,17 +334,16 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
         B = op.rhs(Y, "right-hand sides (data and samples)")
         res = block_pcg(op.matvec, B, M, tol=tol, X0=X_prev)
         X_prev = res.X
-        # quadratic forms: ûₖ'Kₖ⁻¹ûₖ (owner) and ê'ê (every rank's rows)
+        # quadratic forms: ûₖ'Kₖ⁻¹ûₖ = θₖ ûₖ'G⁻¹ₖₖûₖ (each rank its rows of G⁻¹) and ê'ê
+        # (each rank its records)
         E = op.residuals(Y, res.X)
         local = np.zeros((m, 1 + ns))
         local[-1] = np.einsum("ij,ij->j", E, E)
         off = design.p
         U = []
         for k, b in enumerate(design.blocks):
-            Uk = res.X[off:off + b.q]
-            U.append(Uk)
-            if op.owner:
-                local[k] = np.einsum("ij,ij->j", Uk, b.Kinv @ Uk)
+            U.append(res.X[off:off + b.q])
+            local[k] = theta[k] * op.ginv_quadratic(k, res.X)
             off += b.q
         Q = comm.allreduce(local, "quadratic forms")
         d = 1.0 / (2.0 * theta ** 2)
