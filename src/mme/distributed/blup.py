@@ -118,6 +118,8 @@ def solve_distributed(design: LocalDesign, variances: dict, comm: Communicator,
     t2 = time.perf_counter()
     local, reduce = op.seconds_local - l0, op.seconds_reduce - r0
     x = r.X[:, 0]
+    nnz_local = op.nnz_local
+    del op, M, rhs      # G⁻¹'s rows, diag(C), M: freed before the result tables are made
     if not r.converged[0] and warn and comm.is_root:
         import warnings
         warnings.warn(f"PCG did not reach a relative residual of {tol:g} in {r.n_iter} "
@@ -136,4 +138,4 @@ def solve_distributed(design: LocalDesign, variances: dict, comm: Communicator,
                    for k, v in variances.items()},
         partition=design.partition, ranks=comm.size,
         seconds_per_iteration=(t2 - t1) / max(r.n_iter, 1), n_reduce=r.n_reduce,
-        nnz_local=op.nnz_local)
+        nnz_local=nnz_local)

@@ -323,10 +323,12 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
         ai, mc_cov = np.array(resume.ai, dtype=float), np.array(resume.mc_cov, dtype=float)
         pcg_total, it = int(resume.pcg_iterations), int(resume.n_iter)
     step = np.full(m, np.inf)
+    op = M = None
     while it < max_iter and not converged:
         it += 1
         t0 = time.perf_counter()
         G0s = [np.array([[t]]) for t in theta[:-1]]
+        op = M = None           # last round's G⁻¹ rows freed before this round's are built
         op = DistributedOperator(design, G0s, theta[-1], comm, ginv=ginv)
         with comm.step("building the preconditioner"):
             M = BlockPreconditioner(op, preconditioner)
@@ -394,6 +396,7 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
                                  converged=converged, pcg_iterations=pcg_total, ai=ai,
                                  mc_cov=mc_cov, X=X_prev, S=S_prev))
     se = np.sqrt(np.maximum(np.diag(np.linalg.inv(ai)), 0.0))
+    op = M = None               # freed before the result tables are made
     fixed, rand, _ = _tables(design, X_prev[:, 0])
     return MCREMLResult(
         variances=dict(zip(groups, theta.tolist())), se=dict(zip(groups, se.tolist())),
