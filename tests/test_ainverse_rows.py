@@ -13,6 +13,8 @@
   stand-in communicator) stack to the G⁻¹ of the route before them (whole A⁻¹, whole
   G⁻¹ = ``ginv_matrix``, then sliced), for single- and multi-trait models with and
   without a pedigree, and give the same products and diag(C).
+* A relmat ``(RangeIndex(n), Pedigree.from_parents(...))`` with level positions in the
+  data solves bit for bit as the pedigree with ids.
 """
 from __future__ import annotations
 
@@ -395,3 +397,25 @@ def test_kinv_diagonal_and_quadratic(designs):
     A, _ = old_ainverse(ped)
     ref = np.einsum("ij,ij->j", U, A @ U) / 0.4
     np.testing.assert_allclose(op.ginv_quadratic(1, X), ref, rtol=RTOL_PRODUCTS)
+
+
+def test_integer_coded_pedigree_relmat_equals_pedigree_relmat():
+    """relmat (RangeIndex(n), Pedigree.from_parents) with level positions in the data:
+    the same solutions as the pedigree with ids (the same A⁻¹ rows, same operator)."""
+    from mme.distributed import DistributedError, blup_distributed
+    ped_df, phen, _ = simulate_animal(800, seed=9)
+    ped = mme.Pedigree.from_frame(ped_df.astype(str))
+    pos = Pedigree.from_parents(ped.sire.copy(), ped.dam.copy())
+    phen = phen.copy()
+    phen["id"] = phen["id"].astype(str)
+    phen["pos"] = ped.index_of(phen["id"].to_numpy())
+    v = {"herd": 0.2, "id": 0.4, "Residual": 0.6}
+    a = blup_distributed("y ~ sex + (1|herd) + (1|id)", phen, v, relmat={"id": ped},
+                         tol=1e-12)
+    b = blup_distributed("y ~ sex + (1|herd) + (1|id)", phen.assign(id=phen["pos"]), v,
+                         relmat={"id": (pd.RangeIndex(pos.n), pos)}, tol=1e-12)
+    assert a.n_iter == b.n_iter
+    assert np.array_equal(a.solution, b.solution)          # the same operations
+    with pytest.raises(DistributedError, match="the pedigree has 800"):
+        blup_distributed("y ~ sex + (1|herd) + (1|id)", phen.assign(id=phen["pos"]), v,
+                         relmat={"id": (pd.RangeIndex(pos.n + 1), pos)})
