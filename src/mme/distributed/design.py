@@ -41,6 +41,7 @@ ranks' column names are compared and a difference is refused.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -68,9 +69,10 @@ __all__ = ["LocalDesign", "build_local_design"]
 class LocalDesign:
     """This rank's rows of the MME's design, with the whole model's columns.
 
-    ``blocks`` are ``RandomBlock`` objects whose ``Z`` holds this rank's rows; their
-    ``Kinv`` is the K⁻¹ given as a matrix (on the ranks that read it) and None for a
-    pedigree, whose A⁻¹ is built by rows only. ``kinv`` has, per block, the source
+    ``blocks`` are ``RandomBlock`` objects whose ``Z`` is None: a term's columns of
+    this rank's rows are those of W (``Z(k)`` makes them on demand; W holds them
+    once). Their ``Kinv`` is the K⁻¹ given as a matrix (on the ranks that read it) and
+    None for a pedigree, whose A⁻¹ is built by rows only. ``kinv`` has, per block, the source
     of K⁻¹'s rows (:mod:`mme.distributed.kinv`), None on a rank without it.
     """
 
@@ -90,6 +92,11 @@ class LocalDesign:
     #: per block, the source of K⁻¹'s rows (None on a rank without it); empty: taken
     #: from the blocks' Kinv (``kinv_sources``)
     kinv: tuple = ()
+
+    def Z(self, k: int) -> sp.csr_matrix:
+        """This rank's rows of block k's Z: its columns of W (a copy, made on demand)."""
+        off = self.p + sum(b.q for b in self.blocks[:k])
+        return self.W[:, off:off + self.blocks[k].q]
 
     def kinv_sources(self) -> tuple:
         """Per block, the source of its K⁻¹'s rows, or None where this rank has none."""
@@ -303,6 +310,8 @@ def build_local_design(formula: str, data: pd.DataFrame, comm: Communicator,
             _check_residual_levels(res, counts)
     W = sp.hstack([sp.csr_matrix(X)] + [sp.csr_matrix(b.Z) for b in blocks], format="csr")
     W.sort_indices()
+    # W holds the terms' columns: no second copy in the blocks (LocalDesign.Z(k))
+    blocks = [dataclasses.replace(b, Z=None) for b in blocks]
     return LocalDesign(formula=formula, y=y, W=W, p=len(names), fixed_names=names,
                        aliased=aliased, blocks=tuple(blocks), partition=part, rank=comm.rank,
                        residual=res, responses=tuple(mf.responses) or (mf.response,),

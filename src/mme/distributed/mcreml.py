@@ -186,7 +186,7 @@ class _Draws:
             if owner:
                 U = _sample_k(sources[k], ns, np.random.default_rng([seed, 2, k, first]))
             U = comm.bcast_array(U, (b.n_levels, ns), f"draws of {b.group!r}")
-            self.ZU.append(np.asarray(b.Z @ U))
+            self.ZU.append(np.asarray(design.Z(k) @ U))
         # residual: one stream per block of DRAW_BLOCK rows (independent of the split)
         part = design.partition
         a = part.starts[design.rank]
@@ -352,7 +352,7 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
         score = d * (Q[:, 0] - Q[:, 1:].mean(axis=1))
         S = np.atleast_2d(np.cov(Q[:, 1:])) * np.outer(d, d) / ns
         # average information from the working variates Vᵢ P y
-        Wv = np.column_stack([design.blocks[k].Z @ U[k][:, 0] / theta[k]
+        Wv = np.column_stack([design.Z(k) @ U[k][:, 0] / theta[k]
                               for k in range(m - 1)] + [E[:, 0] / theta[-1]])
         Bw = op.rhs(Wv, "right-hand sides (working variates)")
         rw = block_pcg(op.matvec, Bw, M, tol=tol, X0=S_prev)

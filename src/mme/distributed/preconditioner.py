@@ -60,7 +60,7 @@ class BlockPreconditioner:
         for k, (b, G0inv) in enumerate(zip(design.blocks, op.G0inv)):
             d, L = b.d, b.n_levels
             if d > 1:
-                Z = sp.csc_matrix(b.Z)
+                Z = sp.csc_matrix(design.Z(k))
                 M = np.zeros((L, d, d))
                 for a in range(d):
                     Za = Z[:, a * L:(a + 1) * L]
