@@ -19,10 +19,13 @@ y = 10 + 0.5·male + herd + a + e with herds of ~50 records, σ²ₐ = 0.4, σ²
 σ²ₑ = 0.6. Every rank makes the same pedigree and true values (seeded: the pedigree is
 replicated, as in the solver), and only its own records: residuals and herds come
 from one random stream per block of 65,536 animals, so a record is the same whatever
-the number of ranks. A⁻¹ (``mme.Pedigree``, with inbreeding) is built by every rank,
-each keeping its share of G⁻¹'s rows (``--ginv split``, the default), or by rank 0
-alone (``--ginv root``); the animal column holds level positions (relmat
-``(RangeIndex(N), A⁻¹)``).
+the number of ranks. Every rank holds the pedigree (``mme.Pedigree.from_parents``: the
+parents' positions, no id strings; inbreeding computed) and builds only its share of
+G⁻¹'s rows, A⁻¹'s among them (``Pedigree.ainverse_rows``; ``--ginv split``, the
+default), or rank 0 builds all of G⁻¹ (``--ginv root``); the animal column holds level
+positions (relmat ``(RangeIndex(N), pedigree)``). ``--whole-ainverse`` gives the
+design the whole A⁻¹ built by every rank instead (relmat ``(RangeIndex(N), A⁻¹)``,
+the route before the rows), for comparison.
 
 Model ``y ~ sex + (1|herd) + (1|id)`` at the true variances; PCG with the block
 preconditioner to a relative residual of 1e-8.
@@ -103,6 +106,13 @@ def records(rows: slice, n: int, male: np.ndarray, a: np.ndarray, seed: int = 1
                          "herd": herd, "id": idx})
 
 
+def pedigree_rows(sire: np.ndarray, dam: np.ndarray):
+    """(mme.Pedigree.from_parents, log|A|): A⁻¹ is built by rows in the operator."""
+    import mme
+    ped = mme.Pedigree.from_parents(sire, dam)
+    return ped, ped.logdet_a()
+
+
 def ainverse(sire: np.ndarray, dam: np.ndarray):
     """(A⁻¹ in position order, log|A|) by mme.Pedigree (inbreeding included)."""
     import mme
@@ -127,24 +137,28 @@ def worker(a) -> None:
     sire, dam, male, tbv = pedigree(a.n, a.seed)
     t["pedigree"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    Kinv, logdet = (ainverse(sire, dam) if comm.is_root or a.ginv == "split"
-                    else (None, 0.0))
+    holds = comm.is_root or a.ginv == "split"
+    if a.whole_ainverse:
+        Kinv, logdet = ainverse(sire, dam) if holds else (None, 0.0)
+    else:           # the pedigree (and inbreeding) only: rows of A⁻¹ come in the PCG setup
+        Kinv, logdet = pedigree_rows(sire, dam) if holds else (None, 0.0)
     t["ainverse"] = time.perf_counter() - t0
     comm.allreduce(np.zeros(1), "waiting for A⁻¹ on rank 0")      # stages timed apart
-    del sire, dam
+    del sire, dam           # the pedigree holds them (from_parents does not copy them)
     rss_setup = _rss_gib()
     part = RowPartition.even(a.n, comm.size)
     t0 = time.perf_counter()
     df = records(part.rows(comm.rank), a.n, male, tbv, a.seed)
     t["records"] = time.perf_counter() - t0
     del male
-    relmat = {"id": (pd.RangeIndex(a.n), Kinv, logdet)}
+    relmat = {"id": (pd.RangeIndex(a.n), Kinv, logdet)}     # Kinv: A⁻¹ or the pedigree
     t0 = time.perf_counter()
     design = build_local_design(FORMULA, df, comm, relmat,
                                 kinv="all" if a.ginv == "split" else "root")
     t["design"] = time.perf_counter() - t0
     del Kinv, relmat, df
     out = {"n": a.n, "ranks": comm.size, "rows": list(design.partition.counts),
+           "ainverse_route": "whole" if a.whole_ainverse else "rows",
            "dim": design.dim, "nnz_W_local": int(design.W.nnz)}
     if a.mc_worker:
         from mme.distributed import mc_reml_design
@@ -213,8 +227,10 @@ def render(results: dict, machine: str) -> str:
              f"Run {results['started']}, command `{results['command']}`; total "
              f"{results['minutes']:.1f} min. Free memory at the start: "
              f"{results['mem_available_gib']:.1f} GiB.", "",
-             f"Model `{FORMULA}`, relmat A⁻¹ of the simulated pedigree (built by every "
-             "rank, each multiplying by its share of G⁻¹'s rows; `--ginv split`), "
+             f"Model `{FORMULA}`, relmat A⁻¹ of the simulated pedigree (every rank holds "
+             "the pedigree and builds only its share of G⁻¹'s rows, A⁻¹'s among them, "
+             "`Pedigree.ainverse_rows`; `--ginv split`; *A⁻¹ s* is the pedigree and its "
+             "inbreeding, the rows being built in the PCG setup), "
              "true variances (σ²ₐ 0.4, σ²_herd 0.2, σ²ₑ 0.6), distributed PCG with the block "
              "preconditioner to a relative residual of 1e-8; one Allreduce per "
              "iteration. Records generated per rank (docstring of the script). `mpiexec` "
@@ -299,6 +315,8 @@ def main() -> None:
     ap.add_argument("--ginv", default="split", choices=["split", "root"],
                     help="G⁻¹ products: every rank its share of rows (each builds A⁻¹), "
                          "or rank 0 alone")
+    ap.add_argument("--whole-ainverse", action="store_true",
+                    help="every rank builds the whole A⁻¹ (the route before the rows)")
     ap.add_argument("--direct", action="store_true",
                     help="also run exact AI-REML (mme.fit) at each --mcreml size")
     ap.add_argument("--timeout", type=float, default=3600)
@@ -330,7 +348,8 @@ def main() -> None:
 
     def job(n, k, extra=()):
         cmd = [_mpiexec(), "-n", str(k), *env_cmd, "--n", str(n), "--seed", str(a.seed),
-               "--out", tmp, "--ginv", a.ginv, *extra]
+               "--out", tmp, "--ginv", a.ginv, *extra] + (
+                   ["--whole-ainverse"] if a.whole_ainverse else [])
         print(f"[bench_mpi] {n:,} animals on {k} rank(s) {' '.join(extra)}", flush=True)
         r = run_worker(cmd, tmp, a.timeout, a.wait_idle)
         r.setdefault("n", n)

@@ -244,6 +244,283 @@ def ainverse_triplets(const int64_t[::1] sire, const int64_t[::1] dam,
     return k
 
 
+def ainverse_row_counts(const int64_t[::1] sire, const int64_t[::1] dam, int64_t lo,
+                        int64_t hi, int64_t[::1] counts_out):
+    """Entries Henderson's rules write in each row lo..hi-1 of A^-1; O(n - lo).
+
+    Parameters
+    ----------
+    sire, dam : (n,) int64, parents before offspring, -1 unknown.
+    lo, hi : the rows, 0 <= lo <= hi <= n.
+    counts_out : (hi - lo,) output: counts_out[r - lo] = entries written to row r
+        before duplicates are summed (an upper bound on its nonzeros, and the
+        room ``ainverse_rows`` needs for it).
+
+    Notes
+    -----
+    Row r gets 1 + (its known parents) from animal r itself and, from each
+    offspring, 2 + (1 if the offspring's other parent is known): (r, i), (r, r)
+    and (r, mate). Parents are numbered before offspring, so only animals
+    i >= lo write to rows >= lo: the scan starts at lo.
+    """
+    cdef Py_ssize_t n = sire.shape[0]
+    _check_pedigree(sire, dam)
+    if not (0 <= lo <= hi <= n):
+        raise KernelArgumentError(f"rows [{lo}, {hi}) are not within 0..{n}")
+    if counts_out.shape[0] != hi - lo:
+        raise KernelArgumentError("counts_out must have length hi - lo")
+    cdef Py_ssize_t i
+    cdef int64_t s, d
+    with nogil:
+        for i in range(hi - lo):
+            counts_out[i] = 0
+        for i in range(lo, n):
+            s = sire[i]
+            d = dam[i]
+            if i < hi:
+                counts_out[i - lo] += 1 + (s >= 0) + (d >= 0)
+            if s >= lo and s < hi:
+                counts_out[s - lo] += 2 + (d >= 0)
+            if d >= lo and d < hi:
+                counts_out[d - lo] += 2 + (s >= 0)
+    return 0
+
+
+def ainverse_diagonal(const int64_t[::1] sire, const int64_t[::1] dam,
+                      const double[::1] dvar, double[::1] diag_out):
+    """diag(A^-1): b_i + sum over offspring c of b_c / 4 (b = 1/d); O(n).
+
+    The terms are added in the order ``ainverse_rows`` sums them (the animal's
+    own b_i, then its offspring in order), so the values equal the diagonal of
+    ``ainverse_rows`` exactly.
+    """
+    cdef Py_ssize_t n = sire.shape[0]
+    _check_pedigree(sire, dam)
+    if dvar.shape[0] != n or diag_out.shape[0] != n:
+        raise KernelArgumentError("dvar and diag_out must have length n")
+    cdef Py_ssize_t i
+    cdef int64_t s, d
+    cdef double b, q
+    with nogil:
+        for i in range(n):
+            b = 1.0 / dvar[i]
+            q = 0.25 * b
+            diag_out[i] = b
+            s = sire[i]
+            d = dam[i]
+            if s >= 0:
+                diag_out[s] += q
+            if d >= 0:
+                diag_out[d] += q
+    return 0
+
+
+cdef inline void _put(int64_t r, int64_t c, double v, int64_t lo, int64_t hi,
+                      int64_t* pos, idx_t* cols, double* vals) noexcept nogil:
+    if r >= lo and r < hi:
+        cols[pos[r - lo]] = <idx_t>c
+        vals[pos[r - lo]] = v
+        pos[r - lo] += 1
+
+
+cdef void _sort_row(idx_t* col, double* val, Py_ssize_t m, idx_t* tc,
+                    double* tv) noexcept nogil:
+    """Stable sort of (col, val) by col: insertion sort of runs of 16, then
+    bottom-up merges through (tc, tv) (room for m entries)."""
+    cdef Py_ssize_t RUN = 16
+    cdef Py_ssize_t start, end, i, j, width, left, mid, right, a, b, k
+    cdef idx_t c
+    cdef double v
+    cdef idx_t* sc = col
+    cdef double* sv = val
+    cdef idx_t* dc = tc
+    cdef double* dv = tv
+    cdef idx_t* xc
+    cdef double* xv
+    start = 0
+    while start < m:
+        end = start + RUN
+        if end > m:
+            end = m
+        for i in range(start + 1, end):
+            c = col[i]
+            v = val[i]
+            j = i - 1
+            while j >= start and col[j] > c:
+                col[j + 1] = col[j]
+                val[j + 1] = val[j]
+                j = j - 1
+            col[j + 1] = c
+            val[j + 1] = v
+        start = end
+    width = RUN
+    while width < m:
+        left = 0
+        while left < m:
+            mid = left + width
+            if mid > m:
+                mid = m
+            right = left + 2 * width
+            if right > m:
+                right = m
+            a = left
+            b = mid
+            k = left
+            while a < mid and b < right:
+                if sc[b] < sc[a]:       # ties take the left run: stable
+                    dc[k] = sc[b]
+                    dv[k] = sv[b]
+                    b = b + 1
+                else:
+                    dc[k] = sc[a]
+                    dv[k] = sv[a]
+                    a = a + 1
+                k = k + 1
+            while a < mid:
+                dc[k] = sc[a]
+                dv[k] = sv[a]
+                a = a + 1
+                k = k + 1
+            while b < right:
+                dc[k] = sc[b]
+                dv[k] = sv[b]
+                b = b + 1
+                k = k + 1
+            left = right
+        xc = sc
+        sc = dc
+        dc = xc
+        xv = sv
+        sv = dv
+        dv = xv
+        width = 2 * width
+    if sc != col:
+        for i in range(m):
+            col[i] = sc[i]
+            val[i] = sv[i]
+
+
+def ainverse_rows(const int64_t[::1] sire, const int64_t[::1] dam, const double[::1] dvar,
+                  int64_t lo, int64_t hi, int64_t[::1] indptr_inout, idx_t[::1] indices_out,
+                  double[::1] vals_out):
+    """Rows lo..hi-1 of A^-1 as CSR, by Henderson's rules with Quaas' correction,
+    without the other rows.
+
+    Parameters
+    ----------
+    sire, dam : (n,) int64, parents before offspring, -1 unknown.
+    dvar : (n,) Mendelian-sampling variance factors (``mendelian_variances``).
+    lo, hi : the rows, 0 <= lo <= hi <= n.
+    indptr_inout : (hi - lo + 1,) int64. On entry the room of each row:
+        indptr[0] = 0, indptr[r + 1] - indptr[r] = ``ainverse_row_counts`` of row
+        lo + r. On exit the CSR row pointers of the result.
+    indices_out, vals_out : outputs of length >= indptr_inout[hi - lo] on entry.
+
+    Returns
+    -------
+    int
+        nnz: the first nnz entries of indices_out/vals_out hold the rows, columns
+        sorted, duplicates summed (an entry that sums to zero is kept).
+
+    Notes
+    -----
+    Every animal i >= lo is scanned and its contributions (those of
+    ``ainverse_triplets``, in the same order) that land in a row of the range are
+    stored; each row is then sorted stably by column and its duplicates summed in
+    the order of the animals. A row's values therefore do not depend on the range
+    it is built in: ``ainverse_rows`` over [0, n) and over any [lo, hi) agree
+    exactly on the rows they share. Work O(n - lo + entries · log(row length)),
+    memory the entries of the range plus one row.
+    """
+    cdef Py_ssize_t n = sire.shape[0]
+    _check_pedigree(sire, dam)
+    if dvar.shape[0] != n:
+        raise KernelArgumentError("dvar must have length n")
+    if not (0 <= lo <= hi <= n):
+        raise KernelArgumentError(f"rows [{lo}, {hi}) are not within 0..{n}")
+    cdef Py_ssize_t m = hi - lo
+    if indptr_inout.shape[0] != m + 1:
+        raise KernelArgumentError("indptr_inout must have length hi - lo + 1")
+    cdef Py_ssize_t r, i, longest = 0
+    if indptr_inout[0] != 0:
+        raise KernelArgumentError("indptr_inout[0] must be 0")
+    for r in range(m):
+        if indptr_inout[r + 1] < indptr_inout[r]:
+            raise KernelArgumentError("indptr_inout must be non-decreasing")
+        if indptr_inout[r + 1] - indptr_inout[r] > longest:
+            longest = indptr_inout[r + 1] - indptr_inout[r]
+    if indices_out.shape[0] < indptr_inout[m] or vals_out.shape[0] < indptr_inout[m]:
+        raise KernelArgumentError("indices_out and vals_out need length >= indptr_inout[-1]")
+    pos_arr = np.array(indptr_inout[:m], dtype=np.int64)
+    cdef int64_t[::1] pos = pos_arr
+    tmp_c = np.empty(max(longest, 1), dtype=np.asarray(indices_out).dtype)
+    tmp_v = np.empty(max(longest, 1), dtype=np.float64)
+    cdef idx_t[::1] tc = tmp_c
+    cdef double[::1] tv = tmp_v
+    cdef int64_t s, d, w, a, b, k
+    cdef idx_t c
+    cdef double bi, h, q, v
+    cdef Py_ssize_t over = -1
+    cdef int64_t* P = &pos[0] if m > 0 else NULL
+    cdef idx_t* C = &indices_out[0] if indices_out.shape[0] > 0 else NULL
+    cdef double* V = &vals_out[0] if vals_out.shape[0] > 0 else NULL
+    if m == 0:
+        return 0
+    with nogil:
+        for i in range(lo, n):
+            s = sire[i]
+            d = dam[i]
+            # the room of each row touched by animal i (a wrong indptr must not
+            # write past a row's end)
+            if i < hi and P[i - lo] + 1 + (s >= 0) + (d >= 0) > indptr_inout[i - lo + 1]:
+                over = i
+                break
+            if s >= lo and s < hi and P[s - lo] + 2 + (d >= 0) > indptr_inout[s - lo + 1]:
+                over = s
+                break
+            if d >= lo and d < hi and P[d - lo] + 2 + (s >= 0) > indptr_inout[d - lo + 1]:
+                over = d
+                break
+            bi = 1.0 / dvar[i]
+            h = -0.5 * bi
+            q = 0.25 * bi
+            _put(i, i, bi, lo, hi, P, C, V)
+            if s >= 0:
+                _put(i, s, h, lo, hi, P, C, V)
+                _put(s, i, h, lo, hi, P, C, V)
+                _put(s, s, q, lo, hi, P, C, V)
+            if d >= 0:
+                _put(i, d, h, lo, hi, P, C, V)
+                _put(d, i, h, lo, hi, P, C, V)
+                _put(d, d, q, lo, hi, P, C, V)
+            if s >= 0 and d >= 0:
+                _put(s, d, q, lo, hi, P, C, V)
+                _put(d, s, q, lo, hi, P, C, V)
+    if over >= 0:
+        raise KernelArgumentError(f"indptr_inout gives row {over} less room than its entries "
+                                  "(use ainverse_row_counts)")
+    with nogil:
+        w = 0
+        for r in range(m):
+            a = indptr_inout[r]
+            b = P[r]                    # the entries written (the room may be larger)
+            _sort_row(C + a, V + a, b - a, &tc[0], &tv[0])
+            indptr_inout[r] = w
+            k = a
+            while k < b:
+                c = C[k]
+                v = V[k]
+                k = k + 1
+                while k < b and C[k] == c:
+                    v = v + V[k]
+                    k = k + 1
+                C[w] = c
+                V[w] = v
+                w = w + 1
+        indptr_inout[m] = w
+    return w
+
+
 def topological_generations(const int64_t[::1] sire, const int64_t[::1] dam,
                             int64_t[::1] gen_out):
     """Generation numbers by Kahn's algorithm, parents in any order; O(n).

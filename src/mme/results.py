@@ -50,8 +50,12 @@ def random_effects_frame(blocks, columns: dict) -> pd.DataFrame:
     """
     frames = []
     for i, b in enumerate(blocks):
+        # integer-coded levels (a RangeIndex, 10⁷ animals over MPI): the int64 column
+        # a list of them gives, without 10⁷ Python ints
+        levels = (b.levels.to_numpy() if isinstance(b.levels, pd.RangeIndex)
+                  else list(b.levels))
         for a, term in enumerate(b.terms):
-            frames.append(pd.DataFrame({"group": b.group, "term": term, "level": list(b.levels),
+            frames.append(pd.DataFrame({"group": b.group, "term": term, "level": levels,
                                         **{k: np.asarray(v[i][a]) for k, v in columns.items()}}))
     if not frames:
         return pd.DataFrame(columns=["group", "term", "level", *columns])

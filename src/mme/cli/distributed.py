@@ -155,8 +155,8 @@ def _run(cfg, progress: Progress, comm, out: Path) -> int:
                                    cfg.pedigree_columns, progress if comm.is_root else None)
             relmat = {r: ped for r in cfg.relmat}
     if relmat:
-        progress.note(f"pedigree: {ped.n:,} animals (read by every rank, each builds A^-1 and "
-                      "keeps its share of G^-1's rows)")
+        progress.note(f"pedigree: {ped.n:,} animals (read by every rank, each builds only its "
+                      "share of the rows of A^-1 and G^-1)")
     t = time.perf_counter()
     design = dist.build_local_design(cfg.formula, df, comm, relmat, kinv="all",
                                      residual=cfg.residual, weights=cfg.weights)

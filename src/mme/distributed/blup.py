@@ -61,9 +61,10 @@ def blup_distributed(formula: str, data: pd.DataFrame, variances: dict,
     formula, a column of prior weights; not ``ar1(col):ar1(row)``); a multi-trait
     model takes wide data, one row per animal or record with its traits, and
     ``variances={"id": G0, "Residual": R0}`` with t × t matrices. Keywords go to
-    :func:`solve_distributed`; with ``ginv="root"`` only rank 0 builds A⁻¹ (less
-    memory on the others, rank 0 does the G⁻¹ products alone), by default every rank
-    builds it and keeps its share.
+    :func:`solve_distributed`; with ``ginv="root"`` only rank 0 builds G⁻¹, all of it
+    (rank 0 does the G⁻¹ products alone), by default every rank builds only its share
+    of G⁻¹'s rows (a pedigree's A⁻¹ by rows, ``Pedigree.ainverse_rows``: no rank holds
+    it whole).
     """
     comm = world() if comm is None else comm
     t0 = time.perf_counter()
@@ -117,6 +118,8 @@ def solve_distributed(design: LocalDesign, variances: dict, comm: Communicator,
     t2 = time.perf_counter()
     local, reduce = op.seconds_local - l0, op.seconds_reduce - r0
     x = r.X[:, 0]
+    nnz_local = op.nnz_local
+    del op, M, rhs      # G⁻¹'s rows, diag(C), M: freed before the result tables are made
     if not r.converged[0] and warn and comm.is_root:
         import warnings
         warnings.warn(f"PCG did not reach a relative residual of {tol:g} in {r.n_iter} "
@@ -135,4 +138,4 @@ def solve_distributed(design: LocalDesign, variances: dict, comm: Communicator,
                    for k, v in variances.items()},
         partition=design.partition, ranks=comm.size,
         seconds_per_iteration=(t2 - t1) / max(r.n_iter, 1), n_reduce=r.n_reduce,
-        nnz_local=op.nnz_local)
+        nnz_local=nnz_local)

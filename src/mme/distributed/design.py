@@ -12,10 +12,14 @@ rank and the same as ``mme.build_design`` gives for all the records together:
 * **Aliased fixed-effect columns** are found on X'X summed over ranks (one
   Allreduce), by the rule of the single-machine design (``design.alias_keep``).
 * **Relationship matrices** (a pedigree's A⁻¹, or a given K⁻¹) give the levels of
-  their term on every rank; K⁻¹ itself is needed only by the rank that owns G⁻¹
-  (rank 0: :mod:`mme.distributed.operator`), so other ranks never build it. For very
-  large models a relmat may be ``(pd.RangeIndex(L), K⁻¹)`` with the data column
-  holding the level positions 0 … L−1 (no id strings; K⁻¹ None on other ranks).
+  their term on every rank. K⁻¹ is held as a *source* (``LocalDesign.kinv``,
+  :mod:`mme.distributed.kinv`) from which the operator builds only the rows of G⁻¹
+  its rank multiplies by: a pedigree's A⁻¹ is never built whole (each rank keeps the
+  pedigree and makes its rows, ``Pedigree.ainverse_rows``); a K⁻¹ given as a matrix
+  is sliced. With ``kinv="root"`` only rank 0 has the sources. For very large models
+  a relmat may be ``(pd.RangeIndex(L), K⁻¹)`` or ``(pd.RangeIndex(L), pedigree)``
+  (``mme.Pedigree.from_parents``: animals 0 … L−1) with the data column holding the
+  level positions 0 … L−1: no id strings are made.
 
 **Multi-trait** (``cbind(y1, y2) ~ 0 + trait + … + (0 + trait | id)``): each rank
 turns its rows of wide data into the long form of ``mme.build_design`` (one row per
@@ -37,6 +41,7 @@ ranks' column names are compared and a difference is refused.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -53,6 +58,7 @@ from ..model.formula import ModelFormula, parse_formula
 from ..model.ids import normalize_ids
 from ..model.residual import parse_residual
 from .comm import Communicator
+from .kinv import IdentityKinv, MatrixKinv, PedigreeKinv, kinv_source
 from .partition import RowPartition
 from .residual import LocalResidual
 
@@ -63,9 +69,11 @@ __all__ = ["LocalDesign", "build_local_design"]
 class LocalDesign:
     """This rank's rows of the MME's design, with the whole model's columns.
 
-    ``blocks`` are ``RandomBlock`` objects whose ``Z`` holds this rank's rows and
-    whose ``Kinv`` is set on the owner rank only (None elsewhere, and an identity
-    term's K⁻¹ = I is never stored).
+    ``blocks`` are ``RandomBlock`` objects whose ``Z`` is None: a term's columns of
+    this rank's rows are those of W (``Z(k)`` makes them on demand; W holds them
+    once). Their ``Kinv`` is the K⁻¹ given as a matrix (on the ranks that read it) and
+    None for a pedigree, whose A⁻¹ is built by rows only. ``kinv`` has, per block, the source
+    of K⁻¹'s rows (:mod:`mme.distributed.kinv`), None on a rank without it.
     """
 
     formula: str
@@ -81,6 +89,20 @@ class LocalDesign:
     residual: LocalResidual = LocalResidual("scalar", None, ("",))
     #: the responses: ("y",), or the traits of a cbind() formula
     responses: tuple = ()
+    #: per block, the source of K⁻¹'s rows (None on a rank without it); empty: taken
+    #: from the blocks' Kinv (``kinv_sources``)
+    kinv: tuple = ()
+
+    def Z(self, k: int) -> sp.csr_matrix:
+        """This rank's rows of block k's Z: its columns of W (a copy, made on demand)."""
+        off = self.p + sum(b.q for b in self.blocks[:k])
+        return self.W[:, off:off + self.blocks[k].q]
+
+    def kinv_sources(self) -> tuple:
+        """Per block, the source of its K⁻¹'s rows, or None where this rank has none."""
+        if len(self.kinv) == len(self.blocks):
+            return self.kinv
+        return tuple(kinv_source(b) for b in self.blocks)
 
     @property
     def multi_response(self) -> bool:
@@ -140,9 +162,9 @@ def build_local_design(formula: str, data: pd.DataFrame, comm: Communicator,
         ``{"id": Pedigree}`` or ``{"id": (levels, Kinv)}``; on ranks other than 0 the
         K⁻¹ of a pair may be None (only its levels are used there).
     kinv : "root" or "all"
-        Which ranks build K⁻¹ (A⁻¹ from the pedigree): rank 0 only (it applies G⁻¹,
-        ``DistributedOperator(ginv="root")``), or every rank (each then keeps its
-        share of G⁻¹'s rows, ``ginv="split"``).
+        Which ranks hold the source of K⁻¹'s rows: rank 0 only (it applies G⁻¹,
+        ``DistributedOperator(ginv="root")``), or every rank (each then builds only its
+        share of G⁻¹'s rows, ``ginv="split"``; a pedigree's A⁻¹ is never built whole).
     residual : str, optional
         As ``mme.fit(residual=...)``: ``"by(site)"``, ``"diag(trait)"``,
         ``"us(trait)"`` (the default with cbind); ``ar1(col):ar1(row)`` is refused.
@@ -233,15 +255,18 @@ def build_local_design(formula: str, data: pd.DataFrame, comm: Communicator,
         res = _local_residual(mf, rkind, rfactor, data, weights,
                               [g[2] for g in gathered] if by is not None else None)
         X, names = _fixed(mf, data)
-        blocks = []
+        blocks, sources = [], []
         for i, t in enumerate(mf.random):
             if t.group in relmat:
-                blocks.append(_relmat_block(t, data, relmat[t.group],
-                                            comm.rank == 0 or kinv == "all"))
+                block, source = _relmat_block(t, data, relmat[t.group],
+                                              comm.rank == 0 or kinv == "all")
             else:
                 j = groupings.index(t)
                 union = pd.concat([g[1][j] for g in gathered], ignore_index=True)
-                blocks.append(_grouping_block(t, data, union))
+                block = _grouping_block(t, data, union)
+                source = IdentityKinv(block.n_levels)
+            blocks.append(block)
+            sources.append(source)
     every_names = comm.allgather((names, [b.terms for b in blocks]) if len(data) else None,
                                  "comparing the columns")
     with comm.step("checking the columns"):
@@ -285,9 +310,12 @@ def build_local_design(formula: str, data: pd.DataFrame, comm: Communicator,
             _check_residual_levels(res, counts)
     W = sp.hstack([sp.csr_matrix(X)] + [sp.csr_matrix(b.Z) for b in blocks], format="csr")
     W.sort_indices()
+    # W holds the terms' columns: no second copy in the blocks (LocalDesign.Z(k))
+    blocks = [dataclasses.replace(b, Z=None) for b in blocks]
     return LocalDesign(formula=formula, y=y, W=W, p=len(names), fixed_names=names,
                        aliased=aliased, blocks=tuple(blocks), partition=part, rank=comm.rank,
-                       residual=res, responses=tuple(mf.responses) or (mf.response,))
+                       residual=res, responses=tuple(mf.responses) or (mf.response,),
+                       kinv=tuple(sources))
 
 
 def _long_rows(mf: ModelFormula, data: pd.DataFrame) -> pd.DataFrame:
@@ -387,14 +415,25 @@ def _z(T: np.ndarray, codes: np.ndarray, L: int) -> sp.csc_matrix:
     return Z
 
 
-def _integer_coded(t, data: pd.DataFrame, rel, owner: bool) -> RandomBlock:
-    """A relmat given as (RangeIndex(L), K⁻¹[, log|K|]): the data column holds the level
-    positions 0 … L−1 (negative or missing: no effect). For very large models: no id
-    strings are made; K⁻¹ is used on the owner rank only (None elsewhere)."""
+def _integer_coded(t, data: pd.DataFrame, rel, owner: bool) -> tuple:
+    """A relmat given as (RangeIndex(L), K⁻¹ or pedigree[, log|K|]): the data column holds
+    the level positions 0 … L−1 (negative or missing: no effect). For very large models:
+    no id strings are made; K⁻¹ is used on the owner rank only (None elsewhere); a
+    pedigree (animals 0 … L−1, ``Pedigree.from_parents``) gives A⁻¹ by rows.
+    Returns (block, source of K⁻¹'s rows or None)."""
     levels = rel[0]
     L = len(levels)
-    Kinv = None
-    if owner:
+    Kinv = source = None
+    logdet = float(rel[2]) if len(rel) == 3 else 0.0
+    if hasattr(rel[1], "ainverse_rows"):
+        if rel[1].n != L:
+            raise DataError(f"relmat for {t.group!r}: the pedigree has {rel[1].n:,} animals, "
+                            f"the levels are 0 … {L - 1}")
+        if owner:
+            source = PedigreeKinv(rel[1])
+            if len(rel) == 2:
+                logdet = float(rel[1].logdet_a())
+    elif owner:
         Kinv = sp.csc_matrix(rel[1], dtype=float)
         if Kinv.shape != (L, L):
             raise DataError(f"relmat for {t.group!r}: K⁻¹ is {Kinv.shape}, expected "
@@ -404,6 +443,7 @@ def _integer_coded(t, data: pd.DataFrame, rel, owner: bool) -> RandomBlock:
             raise DataError(f"relmat for {t.group!r}: K⁻¹ is not symmetric (largest "
                             f"|K⁻¹ − K⁻¹'| = {asym.max():.3g}); give both triangles")
         del asym
+        source = MatrixKinv(Kinv)
     col = data[t.factors[0]]
     if len(col) and not pd.api.types.is_integer_dtype(col):
         raise DataError(f"relmat for {t.group!r} has integer levels (a RangeIndex): column "
@@ -416,17 +456,24 @@ def _integer_coded(t, data: pd.DataFrame, rel, owner: bool) -> RandomBlock:
     codes = np.where(codes < 0, -1, codes)
     T, names = _term_matrix(t, data)
     return RandomBlock(group=t.group, terms=names, levels=levels, Z=_z(T, codes, L),
-                       Kinv=Kinv, logdet_K=float(rel[2]) if len(rel) == 3 else 0.0,
-                       Kdiag=None, k_is_identity=False)
+                       Kinv=Kinv, logdet_K=logdet, Kdiag=None, k_is_identity=False), source
 
 
-def _relmat_block(t, data: pd.DataFrame, rel, owner: bool) -> RandomBlock:
+def _relmat_block(t, data: pd.DataFrame, rel, owner: bool) -> tuple:
+    """(block, source of K⁻¹'s rows or None) of a term with a relmat."""
     if len(t.factors) != 1:
         raise FormulaError(f"relmat needs a single grouping column, got {t.group!r}")
     if isinstance(rel, tuple) and len(rel) in (2, 3) and isinstance(rel[0], pd.RangeIndex):
         return _integer_coded(t, data, rel, owner)
-    if owner:
+    source = None
+    if hasattr(rel, "ainverse_rows"):
+        # a pedigree: A⁻¹ is built by rows in the operator, never whole here
+        levels, Kinv, Kdiag = pd.Index(rel.ids, dtype=object), None, None
+        logdet = float(rel.logdet_a()) if owner else 0.0
+        source = PedigreeKinv(rel) if owner else None
+    elif owner:
         levels, Kinv, logdet, Kdiag = _relmat_parts(rel, t.group)
+        source = MatrixKinv(Kinv)
     elif hasattr(rel, "ids"):
         levels, Kinv, logdet, Kdiag = pd.Index(rel.ids, dtype=object), None, 0.0, None
     elif isinstance(rel, tuple) and len(rel) in (2, 3):
@@ -440,7 +487,7 @@ def _relmat_block(t, data: pd.DataFrame, rel, owner: bool) -> RandomBlock:
     codes, _ = relmat_codes(rel, levels, ids, t.group)
     return RandomBlock(group=t.group, terms=names, levels=levels,
                        Z=_z(T, np.asarray(codes, np.int64), len(levels)), Kinv=Kinv,
-                       logdet_K=logdet, Kdiag=Kdiag, k_is_identity=False)
+                       logdet_K=logdet, Kdiag=Kdiag, k_is_identity=False), source
 
 
 def _grouping_block(t, data: pd.DataFrame, union: pd.DataFrame) -> RandomBlock:

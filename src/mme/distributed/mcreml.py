@@ -180,12 +180,13 @@ class _Draws:
                  first: int = 0):
         self.ZU = []            # per term: this rank's rows of Zₖ Kₖ^{1/2} zₖ (n_r × ns)
         owner = comm.rank == 0
+        sources = design.kinv_sources()
         for k, b in enumerate(design.blocks):
             U = None
             if owner:
-                U = _sample_k(b.Kinv, ns, np.random.default_rng([seed, 2, k, first]))
+                U = _sample_k(sources[k], ns, np.random.default_rng([seed, 2, k, first]))
             U = comm.bcast_array(U, (b.n_levels, ns), f"draws of {b.group!r}")
-            self.ZU.append(np.asarray(b.Z @ U))
+            self.ZU.append(np.asarray(design.Z(k) @ U))
         # residual: one stream per block of DRAW_BLOCK rows (independent of the split)
         part = design.partition
         a = part.starts[design.rank]
@@ -229,9 +230,14 @@ def _check_resume(state: MCREMLState, design: LocalDesign, n_samples: int,
             raise OptionError(f"resume: {name} has shape {got}, this model needs {shape}")
 
 
-def _sample_k(Kinv, ns: int, rng) -> np.ndarray:
-    """ns draws from N(0, K) given the sparse K⁻¹ (CHOLMOD: K⁻¹ = P'LL'P, u = P'L'⁻¹z)."""
-    z = rng.standard_normal((Kinv.shape[0], ns))
+def _sample_k(source, ns: int, rng) -> np.ndarray:
+    """ns draws from N(0, K) given the source of K⁻¹ (:mod:`mme.distributed.kinv`):
+    CHOLMOD's factor of the whole K⁻¹ = P'LL'P, u = P'L'⁻¹z (rank 0 only; a
+    pedigree's A⁻¹ is built whole for it and dropped after the draws)."""
+    z = rng.standard_normal((source.n, ns))
+    if source.is_identity:
+        return z
+    Kinv = source.matrix()
     if _is_identity(Kinv):
         return z
     from ..engine.cholesky import draw_with_precision
@@ -317,10 +323,12 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
         ai, mc_cov = np.array(resume.ai, dtype=float), np.array(resume.mc_cov, dtype=float)
         pcg_total, it = int(resume.pcg_iterations), int(resume.n_iter)
     step = np.full(m, np.inf)
+    op = M = None
     while it < max_iter and not converged:
         it += 1
         t0 = time.perf_counter()
         G0s = [np.array([[t]]) for t in theta[:-1]]
+        op = M = None           # last round's G⁻¹ rows freed before this round's are built
         op = DistributedOperator(design, G0s, theta[-1], comm, ginv=ginv)
         with comm.step("building the preconditioner"):
             M = BlockPreconditioner(op, preconditioner)
@@ -328,24 +336,23 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
         B = op.rhs(Y, "right-hand sides (data and samples)")
         res = block_pcg(op.matvec, B, M, tol=tol, X0=X_prev)
         X_prev = res.X
-        # quadratic forms: ûₖ'Kₖ⁻¹ûₖ (owner) and ê'ê (every rank's rows)
+        # quadratic forms: ûₖ'Kₖ⁻¹ûₖ = θₖ ûₖ'G⁻¹ₖₖûₖ (each rank its rows of G⁻¹) and ê'ê
+        # (each rank its records)
         E = op.residuals(Y, res.X)
         local = np.zeros((m, 1 + ns))
         local[-1] = np.einsum("ij,ij->j", E, E)
         off = design.p
         U = []
         for k, b in enumerate(design.blocks):
-            Uk = res.X[off:off + b.q]
-            U.append(Uk)
-            if op.owner:
-                local[k] = np.einsum("ij,ij->j", Uk, b.Kinv @ Uk)
+            U.append(res.X[off:off + b.q])
+            local[k] = theta[k] * op.ginv_quadratic(k, res.X)
             off += b.q
         Q = comm.allreduce(local, "quadratic forms")
         d = 1.0 / (2.0 * theta ** 2)
         score = d * (Q[:, 0] - Q[:, 1:].mean(axis=1))
         S = np.atleast_2d(np.cov(Q[:, 1:])) * np.outer(d, d) / ns
         # average information from the working variates Vᵢ P y
-        Wv = np.column_stack([design.blocks[k].Z @ U[k][:, 0] / theta[k]
+        Wv = np.column_stack([design.Z(k) @ U[k][:, 0] / theta[k]
                               for k in range(m - 1)] + [E[:, 0] / theta[-1]])
         Bw = op.rhs(Wv, "right-hand sides (working variates)")
         rw = block_pcg(op.matvec, Bw, M, tol=tol, X0=S_prev)
@@ -389,6 +396,7 @@ def mc_reml_design(design: LocalDesign, comm: Communicator, start: dict | None =
                                  converged=converged, pcg_iterations=pcg_total, ai=ai,
                                  mc_cov=mc_cov, X=X_prev, S=S_prev))
     se = np.sqrt(np.maximum(np.diag(np.linalg.inv(ai)), 0.0))
+    op = M = None               # freed before the result tables are made
     fixed, rand, _ = _tables(design, X_prev[:, 0])
     return MCREMLResult(
         variances=dict(zip(groups, theta.tolist())), se=dict(zip(groups, se.tolist())),

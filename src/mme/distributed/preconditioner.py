@@ -57,10 +57,10 @@ class BlockPreconditioner:
             except np.linalg.LinAlgError:
                 self.fixed = None
         off = p
-        for b, G0inv in zip(design.blocks, op.G0inv):
+        for k, (b, G0inv) in enumerate(zip(design.blocks, op.G0inv)):
             d, L = b.d, b.n_levels
             if d > 1:
-                Z = sp.csc_matrix(b.Z)
+                Z = sp.csc_matrix(design.Z(k))
                 M = np.zeros((L, d, d))
                 for a in range(d):
                     Za = Z[:, a * L:(a + 1) * L]
@@ -69,7 +69,7 @@ class BlockPreconditioner:
                         zz = np.asarray(Za.multiply(Zc).sum(axis=0)).ravel()
                         M[:, a, c] = M[:, c, a] = zz
                 if op.owner:
-                    kd = (np.ones(L) if b.Kinv is None else b.Kinv.diagonal())
+                    kd = op.kinv_diagonal(k)
                     M += G0inv[None, :, :] * kd[:, None, None]
                 M = comm.allreduce(M, f"preconditioner: blocks of {b.group!r}")
                 self.blocks.append((slice(off, off + d * L), L, d, np.linalg.inv(M)))
