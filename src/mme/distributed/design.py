@@ -51,9 +51,9 @@ import scipy.sparse as sp
 from formulaic import Formula
 
 from .._errors import DataError, DroppedRowsWarning, FormulaError, OptionError
-from ..model.design import (KINV_SYMMETRY_TOL, TRAIT, RandomBlock, _long_form,
+from ..model.design import (TRAIT, RandomBlock, _long_form,
                             _relmat_parts, _response, _weights, alias_keep, group_codes,
-                            r_name, relmat_codes, term_variables, used_columns)
+                            checked_kinv, r_name, relmat_codes, term_variables, used_columns)
 from ..model.formula import ModelFormula, parse_formula
 from ..model.ids import normalize_ids
 from ..model.residual import parse_residual
@@ -434,16 +434,7 @@ def _integer_coded(t, data: pd.DataFrame, rel, owner: bool) -> tuple:
             if len(rel) == 2:
                 logdet = float(rel[1].logdet_a())
     elif owner:
-        Kinv = sp.csc_matrix(rel[1], dtype=float)
-        if Kinv.shape != (L, L):
-            raise DataError(f"relmat for {t.group!r}: K⁻¹ is {Kinv.shape}, expected "
-                            f"{L} × {L} levels")
-        asym = abs(Kinv - Kinv.T)
-        if asym.nnz and asym.max() > KINV_SYMMETRY_TOL * max(abs(Kinv).max(), 1e-300):
-            raise DataError(f"relmat for {t.group!r}: K⁻¹ is not symmetric (largest "
-                            f"|K⁻¹ − K⁻¹'| = {asym.max():.3g}); give both triangles")
-        del asym
-        source = MatrixKinv(Kinv)
+        source = MatrixKinv(checked_kinv(rel[1], L, t.group))
     col = data[t.factors[0]]
     if len(col) and not pd.api.types.is_integer_dtype(col):
         raise DataError(f"relmat for {t.group!r} has integer levels (a RangeIndex): column "

@@ -280,15 +280,20 @@ def adjust_p_values(t, df, adjust, fam_size, groups, est_type, corr=None, sch_ra
                         cache[key] = MaxAbsT(sub, key)
                     pval[rows[i]] = 1.0 - cache[key].prob(a)[0]
         pval[rows] = np.where(np.isnan(t[rows]), np.nan, pval[rows])
-    if ragged:
-        nc = max(len(r) for r in groups)
-        fs, sdim = _family_of(nc), "(varies)"
-    else:
-        fs, sdim = fam_size, (sch_rank[0] if sch_rank is not None else None)
-    msg = _message("p", adjust, fam_size, n_contr, fs, sdim)
+    msg = _family_message("p", adjust, fam_size, n_contr, groups, ragged, sch_rank)
     if msg:
         notes.append(msg)
     return np.clip(pval, 0.0, 1.0), adjust, notes
+
+
+def _family_message(kind, adjust, fam_size, n_contr, groups, ragged, sch_rank):
+    """The note on the family an adjustment used (``_message``), with "(varies)" for
+    families of different sizes."""
+    if ragged:
+        fs, sdim = _family_of(max(len(r) for r in groups)), "(varies)"
+    else:
+        fs, sdim = fam_size, (sch_rank[0] if sch_rank is not None else None)
+    return _message(kind, adjust, fam_size, n_contr, fs, sdim)
 
 
 def critical_values(level, df, adjust, fam_size, groups, est_type, corr=None, sch_rank=None):
@@ -332,12 +337,7 @@ def critical_values(level, df, adjust, fam_size, groups, est_type, corr=None, sc
                 if key not in cache:
                     cache[key] = MaxAbsT(sub, key).quantile(level)
                 cv[rows[i]] = cache[key]
-    if uneven:
-        nc = max(len(r) for r in groups)
-        fs, sdim = _family_of(nc), "(varies)"
-    else:
-        fs, sdim = fam_size, (sch_rank[0] if sch_rank is not None else None)
-    msg = _message("ci", adjust, fam_size, n_contr, fs, sdim)
+    msg = _family_message("ci", adjust, fam_size, n_contr, groups, uneven, sch_rank)
     if msg:
         notes.append(msg)
     return cv, adjust, notes

@@ -104,15 +104,8 @@ def predict(fit, newdata: pd.DataFrame | None = None, include_random: bool = Tru
     terms = mf.random if include_random else ()
     if mf.multi_response:
         return _predict_traits(fit, mf, newdata, include_random)
-    needed = _needed_columns(design.fixed_spec, terms)
-    missing = [c for c in needed if c not in newdata.columns]
-    if missing:
-        raise DataError(f"newdata lacks column(s) {missing} needed to predict from "
-                        f"'{fit.formula}' (it has: {list(newdata.columns)[:20]})")
-    frame = _coerce_fixed_factors(design.fixed_spec, newdata)
-    complete = ~frame[needed].isna().any(axis=1).to_numpy() if needed else np.ones(len(frame), bool)
+    frame, complete, rows = _usable_rows(fit, design, newdata, terms, "to predict")
     out = np.full(len(frame), np.nan)
-    rows = frame.loc[complete] if not complete.all() else frame
     if len(rows):
         eta = _xbeta(fit, _fixed_matrix(design, rows))
         for term, block in _term_blocks(fit, terms):
@@ -189,6 +182,20 @@ def _xbeta(fit, X) -> np.ndarray:
     if X.shape[1] == 0:
         return np.zeros(X.shape[0])
     return np.asarray(X @ fit.beta, dtype=float).ravel()
+
+
+def _usable_rows(fit, design, newdata: pd.DataFrame, terms, purpose: str) -> tuple:
+    """(newdata with the fixed factors coerced, mask of rows with every needed value,
+    those rows); a DataError names the columns newdata lacks."""
+    needed = _needed_columns(design.fixed_spec, terms)
+    missing = [c for c in needed if c not in newdata.columns]
+    if missing:
+        raise DataError(f"newdata lacks column(s) {missing} needed {purpose} from "
+                        f"'{fit.formula}' (it has: {list(newdata.columns)[:20]})")
+    frame = _coerce_fixed_factors(design.fixed_spec, newdata)
+    complete = (~frame[needed].isna().any(axis=1).to_numpy() if needed
+                else np.ones(len(frame), bool))
+    return frame, complete, (frame.loc[complete] if not complete.all() else frame)
 
 
 def _needed_columns(spec, terms) -> list:
@@ -384,15 +391,8 @@ def _predict_interval(fit, newdata, include_random: bool, interval: str,
     if not isinstance(frame, pd.DataFrame):
         raise DataError(f"newdata must be a pandas DataFrame, got {type(frame).__name__}")
     terms = mf.random if (include_random or interval == "prediction") else ()
-    needed = _needed_columns(design.fixed_spec, terms)
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise DataError(f"newdata lacks column(s) {missing} needed for {interval} intervals "
-                        f"from '{fit.formula}' (it has: {list(frame.columns)[:20]})")
-    frame = _coerce_fixed_factors(design.fixed_spec, frame)
-    complete = (~frame[needed].isna().any(axis=1).to_numpy() if needed
-                else np.ones(len(frame), bool))
-    rows = frame.loc[complete] if not complete.all() else frame
+    frame, complete, rows = _usable_rows(fit, design, frame, terms,
+                                         f"for {interval} intervals")
     fitv = np.full(len(frame), np.nan)
     se = np.full(len(frame), np.nan)
     new_var = np.full(len(frame), np.nan)

@@ -295,14 +295,7 @@ def _relmat_parts(rel, group: str) -> tuple:
         if len(dup):
             raise DataError(f"relmat for {group!r}: {len(dup)} level(s) repeated in the "
                             f"levels of K⁻¹, e.g. {list(dup[:5])}")
-        Kinv = sp.csc_matrix(rel[1], dtype=float)
-        if Kinv.shape != (len(levels), len(levels)):
-            raise DataError(f"relmat for {group!r}: K⁻¹ is {Kinv.shape}, expected "
-                            f"{len(levels)} × {len(levels)} levels")
-        asym = abs(Kinv - Kinv.T)
-        if asym.nnz and asym.max() > KINV_SYMMETRY_TOL * max(abs(Kinv).max(), 1e-300):
-            raise DataError(f"relmat for {group!r}: K⁻¹ is not symmetric (largest "
-                            f"|K⁻¹ − K⁻¹'| = {asym.max():.3g}); give both triangles")
+        Kinv = checked_kinv(rel[1], len(levels), group)
         if len(rel) == 3:           # log|K| given: K⁻¹ is not factorized here
             return levels, Kinv, float(rel[2]), None
         factor = _factor_kinv(Kinv, group)
@@ -311,6 +304,20 @@ def _relmat_parts(rel, group: str) -> tuple:
         factor.free()
         return levels, Kinv, logdet, Kdiag
     raise DataError(f"relmat for {group!r} must be an mme.Pedigree or a (levels, Kinv) pair")
+
+
+def checked_kinv(Kinv, L: int, group: str) -> sp.csc_matrix:
+    """A given K⁻¹ as CSC, after checking it is L × L and symmetric (DataError naming
+    the term otherwise)."""
+    Kinv = sp.csc_matrix(Kinv, dtype=float)
+    if Kinv.shape != (L, L):
+        raise DataError(f"relmat for {group!r}: K⁻¹ is {Kinv.shape}, expected "
+                        f"{L} × {L} levels")
+    asym = abs(Kinv - Kinv.T)
+    if asym.nnz and asym.max() > KINV_SYMMETRY_TOL * max(abs(Kinv).max(), 1e-300):
+        raise DataError(f"relmat for {group!r}: K⁻¹ is not symmetric (largest "
+                        f"|K⁻¹ − K⁻¹'| = {asym.max():.3g}); give both triangles")
+    return Kinv
 
 
 def _factor_kinv(Kinv: sp.csc_matrix, group: str):
