@@ -210,20 +210,8 @@ cdef class Factor:
         self.c.postorder = postorder
         cdef int64_t[::1] ip = self._indptr
         cdef int64_t[::1] ii = self._indices
-        self.A.nrow = n
-        self.A.ncol = n
-        self.A.nzmax = self.nnz_A
-        self.A.p = &ip[0]
-        self.A.i = &ii[0] if self.nnz_A else NULL
-        self.A.nz = NULL
-        self.A.x = NULL
-        self.A.z = NULL
-        self.A.stype = -1
-        self.A.itype = CHOLMOD_LONG
-        self.A.xtype = CHOLMOD_PATTERN
-        self.A.dtype = CHOLMOD_DOUBLE
-        self.A.sorted = 1
-        self.A.packed = 1
+        _lower_pattern(&self.A, n, self.nnz_A, &ip[0], &ii[0] if self.nnz_A else NULL,
+                       CHOLMOD_LONG)
         perm_amd = _amd_int32(self._indptr, self._indices) if ordering == "amd" else None
         cdef int64_t[::1] pa
         if perm_amd is not None:
@@ -591,6 +579,26 @@ cdef class Factor:
                         &Zx_out[0], &sn_of[0], self.L.nsuper, panel, blas_min)
 
 
+cdef void _lower_pattern(cholmod_sparse* A, Py_ssize_t n, Py_ssize_t nnz, void* p, void* i,
+                         int itype) noexcept:
+    """Fill A as the packed, sorted lower-triangular CSC pattern (p, i) of an n × n
+    symmetric matrix (no values), with index type ``itype``."""
+    A.nrow = n
+    A.ncol = n
+    A.nzmax = nnz
+    A.p = p
+    A.i = i
+    A.nz = NULL
+    A.x = NULL
+    A.z = NULL
+    A.stype = -1
+    A.itype = itype
+    A.xtype = CHOLMOD_PATTERN
+    A.dtype = CHOLMOD_DOUBLE
+    A.sorted = 1
+    A.packed = 1
+
+
 cdef object _amd_int32(object indptr, object indices):
     """AMD permutation (int64 array) of the symmetric pattern whose lower triangle is
     (indptr, indices), by CHOLMOD's int32 ``cholmod_amd``; None when the pattern does
@@ -608,20 +616,7 @@ cdef object _amd_int32(object indptr, object indices):
     cdef cholmod_common c
     cdef cholmod_sparse A
     cdef int ok
-    A.nrow = n
-    A.ncol = n
-    A.nzmax = nnz
-    A.p = &ip[0]
-    A.i = &ii[0] if nnz else NULL
-    A.nz = NULL
-    A.x = NULL
-    A.z = NULL
-    A.stype = -1
-    A.itype = CHOLMOD_INT
-    A.xtype = CHOLMOD_PATTERN
-    A.dtype = CHOLMOD_DOUBLE
-    A.sorted = 1
-    A.packed = 1
+    _lower_pattern(&A, n, nnz, &ip[0], &ii[0] if nnz else NULL, CHOLMOD_INT)
     cholmod_start(&c)
     c.print = 0
     c.error_handler = NULL
